@@ -1,0 +1,317 @@
+"""Build tiny, offline, deterministic model folders that ``mlx_lm.load`` accepts.
+
+The demo model lets the workbench open with no download, and the tests exercise the real
+loading, generation and adapter code without a network. Everything is built from a seed: a
+byte-level BPE tokenizer trained with ``tokenizers`` on Python's own help text
+(``pydoc_data.topics``), random weights for a llama- or qwen3-shaped model, a ChatML chat
+template, a 4-bit quantized copy, and LoRA/DoRA adapters in mlx-lm's adapter format.
+
+The weights are random: the model writes fluent-looking nonsense. The UI says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEMO_VERSION = 1
+"""Bumped whenever the kit's output changes, so a cached demo folder is rebuilt."""
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+EOS_TOKEN = "<|im_end|>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Shape of one demo model."""
+
+    name: str
+    model_type: str  # "llama" or "qwen3"
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    intermediate_size: int = 512
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vocab_size: int = 1024
+    max_position_embeddings: int = 4096
+    dtype: str = "float32"
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, vocab_size: int) -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "model_type": self.model_type,
+            "architectures": [
+                "LlamaForCausalLM" if self.model_type == "llama" else "Qwen3ForCausalLM"
+            ],
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "intermediate_size": self.intermediate_size,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "rms_norm_eps": 1e-5,
+            "vocab_size": vocab_size,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": self.model_type == "qwen3",
+            "torch_dtype": self.dtype,
+            "workbench_demo": {"version": DEMO_VERSION, "seed": self.seed},
+        }
+        if self.model_type == "qwen3":
+            cfg["head_dim"] = self.hidden_size // self.num_attention_heads
+        cfg.update(self.extra)
+        return cfg
+
+
+LLAMA = DemoSpec(name="llama", model_type="llama", seed=0)
+QWEN3 = DemoSpec(name="qwen3", model_type="qwen3", seed=1)
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """Shape of one demo adapter: which layers, which projections, what rank."""
+
+    name: str
+    fine_tune_type: str  # "lora" or "dora"
+    rank: int
+    num_layers: int
+    keys: tuple[str, ...]
+    scale: float = 10.0
+    seed: int = 0
+
+
+ADAPTERS = (
+    AdapterSpec("tone-a", "lora", rank=4, num_layers=2,
+                keys=("self_attn.q_proj", "self_attn.v_proj"), seed=11),
+    AdapterSpec("tone-b", "lora", rank=8, num_layers=4,
+                keys=("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                      "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"),
+                seed=12),
+    AdapterSpec("tone-d", "dora", rank=4, num_layers=3,
+                keys=("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"), seed=13),
+)
+
+Progress = Callable[[str], None]
+
+
+def _corpus() -> list[str]:
+    """Training text that ships with every CPython: the pydoc help topics."""
+    from pydoc_data import topics
+
+    return [topics.topics[k] for k in sorted(topics.topics)]
+
+
+def build_tokenizer(vocab_size: int = 1024) -> Any:
+    """Train a byte-level BPE tokenizer, deterministically, in well under a second."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    return tok
+
+
+def _write_tokenizer(path: Path, vocab_size: int) -> int:
+    tok = build_tokenizer(vocab_size)
+    tok.save(str(path / "tokenizer.json"))
+    tokenizer_config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": CHAT_TEMPLATE,
+        "eos_token": EOS_TOKEN,
+        "pad_token": "<|endoftext|>",
+        "bos_token": None,
+        "model_max_length": 4096,
+        "clean_up_tokenization_spaces": False,
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
+    special = {"eos_token": EOS_TOKEN, "pad_token": "<|endoftext|>"}
+    (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
+    return int(tok.get_vocab_size())
+
+
+def build_model(path: str | Path, spec: DemoSpec = LLAMA) -> Path:
+    """Write a full-precision demo model folder to ``path`` and return it."""
+    import mlx.core as mx
+    from mlx.utils import tree_map
+    from mlx_lm.utils import _get_classes, save_model
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = _write_tokenizer(path, spec.vocab_size)
+    config = spec.config(vocab)
+    config["eos_token_id"] = SPECIAL_TOKENS.index(EOS_TOKEN)
+    model_cls, args_cls = _get_classes(config)
+    mx.random.seed(spec.seed)
+    model = model_cls(args_cls.from_dict(config))
+    dtype = getattr(mx, spec.dtype)
+    model.update(tree_map(lambda a: a.astype(dtype), model.parameters()))
+    mx.eval(model.parameters())
+    save_model(path, model)
+    (path / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    (path / "README.md").write_text(
+        f"# Workbench demo model ({spec.model_type})\n\n"
+        "Random weights, built locally by `workbench demo-model`. It writes nonsense: use it to\n"
+        "try the workbench, not to chat. Point `--model` at a real model for real answers.\n"
+    )
+    return path
+
+
+def quantize(src: str | Path, dst: str | Path, bits: int = 4, group_size: int = 64) -> Path:
+    """Quantize a model folder with mlx-lm's own convert."""
+    from mlx_lm import convert
+
+    dst = Path(dst)
+    if dst.exists():
+        shutil.rmtree(dst)
+    convert(str(src), mlx_path=str(dst), quantize=True, q_bits=bits, q_group_size=group_size)
+    return dst
+
+
+def build_adapter(model_path: str | Path, path: str | Path, spec: AdapterSpec) -> Path:
+    """Write a LoRA or DoRA adapter for the model at ``model_path``, random but non-zero."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+    from mlx_lm.utils import load_model
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model, _ = load_model(Path(model_path))
+    model.freeze()
+    lora_parameters = {
+        "rank": spec.rank,
+        "scale": spec.scale,
+        "dropout": 0.0,
+        "keys": list(spec.keys),
+    }
+    mx.random.seed(spec.seed)
+    linear_to_lora_layers(model, spec.num_layers, lora_parameters,
+                          use_dora=spec.fine_tune_type == "dora")
+    weights = dict(tree_flatten(model.trainable_parameters()))
+    for name, w in list(weights.items()):
+        if name.endswith("lora_b"):
+            # mlx-lm initialises lora_b to zero (an adapter that changes nothing);
+            # a demo adapter must visibly change the output.
+            weights[name] = (mx.random.normal(w.shape) * 0.05).astype(w.dtype)
+        elif name.endswith(".m"):
+            weights[name] = w * (1.0 + 0.2 * mx.random.normal(w.shape)).astype(w.dtype)
+    mx.eval(weights)
+    mx.save_safetensors(str(path / "adapters.safetensors"), weights)
+    config = {
+        "fine_tune_type": spec.fine_tune_type,
+        "num_layers": spec.num_layers,
+        "lora_parameters": lora_parameters,
+        "model": str(model_path),
+        "workbench_demo": {"version": DEMO_VERSION, "seed": spec.seed},
+    }
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return path
+
+
+@dataclass(frozen=True)
+class DemoKit:
+    """Where ``build_demo`` put everything."""
+
+    root: Path
+
+    @property
+    def llama(self) -> Path:
+        return self.root / "llama"
+
+    @property
+    def qwen3(self) -> Path:
+        return self.root / "qwen3"
+
+    @property
+    def llama_4bit(self) -> Path:
+        return self.root / "llama-4bit"
+
+    @property
+    def qwen3_4bit(self) -> Path:
+        return self.root / "qwen3-4bit"
+
+    def adapters(self, model: str = "llama") -> Path:
+        """The folder of adapter folders made for ``model`` (and its 4-bit twin)."""
+        return self.root / "adapters" / model
+
+    def adapter(self, name: str, model: str = "llama") -> Path:
+        return self.adapters(model) / name
+
+    @property
+    def default_model(self) -> Path:
+        return self.llama
+
+
+def _stamp(root: Path) -> str:
+    return hashlib.sha256(f"workbench-demo-v{DEMO_VERSION}".encode()).hexdigest()[:16]
+
+
+def build_demo(root: str | Path, progress: Progress | None = None) -> DemoKit:
+    """Build the whole kit (both models, 4-bit twins, adapters) into ``root``.
+
+    Written to a temporary folder beside ``root`` and renamed into place, so an interrupted
+    build never leaves a half-made kit that looks whole.
+    """
+    say = progress or (lambda _msg: None)
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=root.parent))
+    try:
+        kit = DemoKit(tmp)
+        for spec in (LLAMA, QWEN3):
+            say(f"building the {spec.name} demo model")
+            build_model(tmp / spec.name, spec)
+            say(f"quantizing the {spec.name} demo model to 4 bits")
+            quantize(tmp / spec.name, tmp / f"{spec.name}-4bit", bits=4)
+            for adapter in ADAPTERS:
+                build_adapter(tmp / spec.name, kit.adapter(adapter.name, spec.name), adapter)
+        (tmp / "DEMO_STAMP").write_text(_stamp(root))
+        if root.exists():
+            shutil.rmtree(root)
+        tmp.rename(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"demo models written to {root}")
+    return DemoKit(root)
+
+
+def is_built(root: str | Path) -> bool:
+    root = Path(root)
+    stamp = root / "DEMO_STAMP"
+    return stamp.is_file() and stamp.read_text() == _stamp(root)
+
+
+def ensure_demo(root: str | Path, progress: Progress | None = None) -> DemoKit:
+    """Return the kit at ``root``, building it first if it is missing or out of date."""
+    if is_built(root):
+        return DemoKit(Path(root))
+    return build_demo(root, progress)
+
+
+def is_demo_model(path: str | Path) -> bool:
+    """True for a folder this kit made (its config carries a ``workbench_demo`` mark)."""
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "workbench_demo" in cfg

@@ -1,0 +1,140 @@
+"""The small, frozen event objects the engine thread sends to whoever asked.
+
+Shaped after mlx-lm's ``GenerationResponse``: plain data, cheap to create, safe to hand
+across threads. A request's stream ends with exactly one *final* event: ``ModelLoaded``,
+``TurnDone``, ``Result`` or ``Error``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class LoadProgress:
+    """Loading a model: ``stage`` is resolve, download, load or ready.
+
+    While downloading, ``done``/``total`` are bytes; otherwise they are 0.
+    """
+
+    stage: str
+    message: str
+    done: int = 0
+    total: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    path: str
+    architecture: str
+    num_parameters: int
+    bits_per_weight: float
+    weight_bytes: int
+    context_length: int
+    load_time_s: float
+    is_demo: bool = False
+    adapter: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelLoaded:
+    info: ModelInfo
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillProgress:
+    """Prompt tokens evaluated so far out of those that were not in the cache."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenText:
+    """A piece of reply text (one or more tokens' worth) with the running decode rate."""
+
+    text: str
+    generated: int
+    decode_tps: float
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryReading:
+    """Bytes. ``device_total`` is the GPU's (Metal/CUDA) or the system's memory."""
+
+    mlx_active: int
+    mlx_peak: int
+    mlx_cache: int
+    process_rss: int
+    system_available: int
+    system_total: int
+    device_total: int
+    weight_bytes: int
+    kv_bytes: int
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    reading: MemoryReading
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something the user should know that is not an error (e.g. a reply cut by the context)."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStats:
+    prompt_tokens: int
+    reused_tokens: int
+    prefill_tokens: int
+    prefill_tps: float
+    ttft_s: float
+    decode_tps: float
+    generated_tokens: int
+    finish_reason: str  # stop | length | context | cancelled
+    peak_memory: int
+    kv_bytes: int
+    context_tokens: int = 0  # tokens held in the cache after the turn
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDone:
+    text: str
+    stats: TurnStats
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The return value of a function run on the engine thread with ``Engine.submit``."""
+
+    value: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """One line for the user: what is wrong and what to do. ``kind`` is for code."""
+
+    message: str
+    kind: str = "error"
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+Event = (
+    LoadProgress | ModelLoaded | PrefillProgress | TokenText | Memory | Notice | TurnDone
+    | Result | Error
+)
+FINAL_EVENTS = (ModelLoaded, TurnDone, Result, Error)

@@ -1,0 +1,1 @@
+"""The session store: TOML transcripts plus safetensors prompt caches (no UI imports)."""

@@ -1,0 +1,159 @@
+"""The ``workbench`` command: the app by default, plus scriptable subcommands.
+
+Heavy imports (mlx-lm, textual) happen inside each command, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from engine.errors import BadSetting
+from engine.sampling import PRESETS, SamplingParams, preset
+
+EPILOG = "Run `workbench COMMAND --help` for a command's options."
+
+
+def _sampling_flags() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("sampling (defaults: the config's, else mlx-lm's)")
+    g.add_argument("--preset", choices=sorted(PRESETS), help="a named set of sampling values")
+    g.add_argument("--temp", type=float, dest="temperature", help="temperature (0 = greedy)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling, 0 < p <= 1 (1 = off)")
+    g.add_argument("--min-p", type=float, help="min-p sampling, 0..1 (0 = off)")
+    g.add_argument("--top-k", type=int, help="top-k sampling (0 = off)")
+    g.add_argument("--repetition-penalty", type=float, help="1 = off, up to 3")
+    g.add_argument("--max-tokens", type=int, help="longest reply, in tokens")
+    g.add_argument("--seed", type=int, help="random seed, for repeatable sampling")
+    return p
+
+
+def _model_flags(required: bool = False) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("model")
+    g.add_argument("--model", "-m", required=required,
+                   help="a model folder or a Hugging Face repo id (default: the config's, "
+                        "else the demo model)")
+    g.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                   help="a LoRA/DoRA adapter folder (mlx-lm format)")
+    g.add_argument("--system", "-s", help="the system prompt")
+    g.add_argument("--max-kv-size", type=int, default=None, metavar="N",
+                   help="cap the context at N tokens (default: the model's)")
+    g.add_argument("--demo", action="store_true",
+                   help="use the built-in demo model (random weights, no download)")
+    return p
+
+
+def sampling_from_args(args: argparse.Namespace, base: SamplingParams) -> SamplingParams:
+    """The config's sampling values, then the preset, then each flag given."""
+    params = preset(args.preset, max_tokens=base.max_tokens) if args.preset else base
+    changes: dict[str, Any] = {}
+    for name in ("temperature", "top_p", "min_p", "top_k", "repetition_penalty",
+                 "max_tokens", "seed"):
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = value
+    return params.with_values(**changes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    sampling, model = _sampling_flags(), _model_flags()
+    parser = argparse.ArgumentParser(
+        prog="workbench",
+        description="Chat with local MLX models in a full-screen terminal, watch tokens/s and "
+                    "memory live, hot-swap LoRA adapters. With no command, opens the app.",
+        parents=[model, sampling], epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--theme", help="the app's theme (see the command palette)")
+    parser.add_argument("--session", help="open or create this saved session")
+    parser.add_argument("--sessions-dir", help="where sessions are kept")
+    parser.add_argument("--adapters", metavar="DIR", help="a folder of adapter folders")
+    parser.add_argument("--version", action="version", version="workbench 0.1.0")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    g = sub.add_parser("generate", parents=[model, sampling],
+                       help="one chat turn: reply to stdout, stats to stderr",
+                       description="One chat turn through the model's chat template. The "
+                                   "reply streams to stdout, statistics go to stderr. "
+                                   "Example: workbench generate --demo --prompt 'Hello'")
+    g.add_argument("--prompt", "-p", required=True, help="the user message ('-' reads stdin)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no statistics on stderr")
+
+    c = sub.add_parser("chat", parents=[model, sampling],
+                       help="line-mode chat for terminals and pipes",
+                       description="A line-mode chat. Lines starting with / are commands "
+                                   "(/help lists them). Example: workbench chat --plain --demo")
+    c.add_argument("--plain", action="store_true",
+                   help="line mode (the default for this command; the full-screen app is "
+                        "`workbench` itself)")
+    c.add_argument("--jsonl", action="store_true", help="one JSON object per stdout line")
+    c.add_argument("--session", help="resume or create this saved session")
+    c.add_argument("--sessions-dir", help="where sessions are kept")
+    c.add_argument("--adapters", metavar="DIR", help="a folder of adapter folders")
+
+    b = sub.add_parser("bench", help="measure the engine against raw mlx-lm",
+                       description="Alternating runs of raw mlx-lm stream_generate and the "
+                                   "engine on the same model and prompt. "
+                                   "Example: workbench bench --json")
+    b.add_argument("--model", "-m", help="model folder or repo id (default: the demo model)")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--prompt-tokens", type=int, default=512, help="prompt length (512)")
+    b.add_argument("--gen-tokens", type=int, default=256, help="tokens to generate (256)")
+    b.add_argument("--history-tokens", type=int, default=1500,
+                   help="conversation length for the second-turn test (1500)")
+    b.add_argument("--rounds", type=int, default=3, help="alternating rounds (3)")
+    b.add_argument("--tui", action="store_true",
+                   help="also run the real app headless and measure its throughput and lag")
+    b.add_argument("--adapters", action="store_true", help="also measure adapter swaps")
+    b.add_argument("--sessions", action="store_true", help="also measure session resume")
+
+    d = sub.add_parser("demo-model", help="write the demo models and adapters to a folder",
+                       description="Build the demo kit (llama and qwen3 with random weights, "
+                                   "4-bit twins, LoRA/DoRA adapters) offline. "
+                                   "Example: workbench demo-model ./demo")
+    d.add_argument("path", help="folder to write (replaced if it exists)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BadSetting as exc:
+        print(f"workbench: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "demo-model":
+        from engine.demo import build_demo
+
+        kit = build_demo(args.path, lambda msg: print(msg, file=sys.stderr))
+        print(kit.root)
+        return 0
+    if command == "generate":
+        from .generate import run_generate
+
+        return run_generate(args)
+    if command == "chat":
+        from .plain import run_plain
+
+        return run_plain(args)
+    if command == "bench":
+        from .bench import run_bench
+
+        return run_bench(args)
+    from .app import run_app
+
+    return run_app(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""The user's TOML config: read with tomllib, written atomically with tomli-w.
+
+A bad config never stops the app: each bad key is reported (``Config.problems``) with what
+is wrong, and its default is used instead.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from engine.errors import BadSetting
+from engine.sampling import SamplingParams
+from sessions.files import atomic_write
+
+from . import paths
+
+DEFAULT_THEME = "workbench-dark"
+RECOMMENDED_MODEL = "mlx-community/Qwen3-0.6B-4bit"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str = ""
+    theme: str = DEFAULT_THEME
+    system_prompt: str = ""
+    adapters_dir: str = ""
+    sessions_dir: str = ""
+    recommended_model: str = RECOMMENDED_MODEL
+    max_kv_size: int = 0  # 0: the model's own context length
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    keys: dict[str, str] = field(default_factory=dict)  # binding id -> keys ("ctrl+s,f5")
+    problems: tuple[str, ...] = ()
+    path: Path | None = None
+
+    def sessions_path(self) -> Path:
+        return Path(self.sessions_dir).expanduser() if self.sessions_dir else paths.sessions_dir()
+
+    def adapters_path(self) -> Path:
+        return Path(self.adapters_dir).expanduser() if self.adapters_dir else paths.adapters_dir()
+
+    def to_toml(self) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in ("problems", "path", "sampling", "keys"):
+                continue
+            data[f.name] = getattr(self, f.name)
+        sampling = {k: v for k, v in self.sampling.to_dict().items() if v is not None}
+        data["sampling"] = sampling
+        data["keys"] = dict(self.keys)
+        return data
+
+
+_STRINGS = ("model", "theme", "system_prompt", "adapters_dir", "sessions_dir",
+            "recommended_model")
+
+
+def parse_config(data: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config from TOML data, keeping defaults for every bad key."""
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+    known = {f.name for f in fields(Config)} - {"problems", "path"}
+    for key in data:
+        if key not in known:
+            problems.append(f"{source}: unknown key {key!r} (ignored)")
+    for key in _STRINGS:
+        if key in data:
+            if isinstance(data[key], str):
+                values[key] = data[key]
+            else:
+                problems.append(f"{source}: {key} must be text, not {data[key]!r}")
+    if "max_kv_size" in data:
+        v = data["max_kv_size"]
+        if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+            values["max_kv_size"] = v
+        else:
+            problems.append(f"{source}: max_kv_size must be a whole number >= 0, not {v!r}")
+    sampling = SamplingParams()
+    raw = data.get("sampling", {})
+    if not isinstance(raw, dict):
+        problems.append(f"{source}: [sampling] must be a table")
+        raw = {}
+    for key, value in raw.items():
+        try:
+            sampling = sampling.with_values(**{key: value})
+        except BadSetting as exc:
+            problems.append(f"{source}: [sampling] {exc}")
+    keys = data.get("keys", {})
+    if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+        problems.append(f"{source}: [keys] must map binding ids to key names (text)")
+        keys = {}
+    return Config(**values, sampling=sampling, keys=dict(keys), problems=tuple(problems))
+
+
+def load_config(path: Path | None = None) -> Config:
+    path = path or paths.config_file()
+    if not path.exists():
+        return Config(path=path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        return Config(path=path, problems=(f"{path}: cannot be read ({exc}); using defaults",))
+    except tomllib.TOMLDecodeError as exc:
+        return Config(path=path, problems=(f"{path}: not valid TOML ({exc}); using defaults",))
+    return replace(parse_config(data, str(path)), path=path)
+
+
+def save_config(config: Config, path: Path | None = None) -> Path:
+    path = path or config.path or paths.config_file()
+    atomic_write(path, tomli_w.dumps(config.to_toml()).encode("utf-8"))
+    return path

@@ -1,0 +1,57 @@
+"""``workbench generate``: one chat turn, the reply streamed to stdout, stats to stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from engine import Error, Notice, TokenText, TurnDone, TurnStats
+
+from .runtime import choose_model, demo_label, load_blocking, setup, start_engine
+
+
+def format_stats(stats: TurnStats) -> str:
+    return (f"prompt {stats.prompt_tokens} tok ({stats.reused_tokens} reused, "
+            f"{stats.prefill_tokens} prefilled at {stats.prefill_tps:.1f} tok/s) | "
+            f"first token {stats.ttft_s * 1000:.0f} ms | "
+            f"{stats.generated_tokens} tok at {stats.decode_tps:.1f} tok/s | "
+            f"{stats.finish_reason} | peak {stats.peak_memory / 1e6:.0f} MB")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    config, params = setup(args)
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    choice = choose_model(args, config, None if args.quiet else _say)
+    system = args.system if args.system is not None else (config.system_prompt or None)
+    with start_engine(args, config) as engine:
+        loaded = load_blocking(engine, choice, quiet=args.quiet)
+        if isinstance(loaded, Error):
+            print(f"workbench: {loaded.message}", file=sys.stderr)
+            return 1
+        if loaded.is_demo and not args.quiet:
+            print(f"note: {demo_label(loaded)}", file=sys.stderr)
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        code = 0
+        try:
+            for event in engine.chat(messages, params):
+                if isinstance(event, TokenText):
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                elif isinstance(event, Notice):
+                    print(f"\nnote: {event.message}", file=sys.stderr)
+                elif isinstance(event, TurnDone):
+                    sys.stdout.write("\n")
+                    if not args.quiet:
+                        print(format_stats(event.stats), file=sys.stderr)
+                elif isinstance(event, Error):
+                    print(f"\nworkbench: {event.message}", file=sys.stderr)
+                    code = 1
+        except KeyboardInterrupt:
+            engine.cancel()
+            code = 130
+        return code
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)

@@ -1,0 +1,76 @@
+"""What every face of the workbench does first: read the config, pick the model, start
+the engine. No UI library here, so the line-mode commands stay light."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine import Engine, Error, LoadProgress, ModelInfo, ModelLoaded, SamplingParams
+from engine.demo import ensure_demo
+
+from . import paths
+from .config import Config, load_config
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    spec: str  # folder or repo id, as given to Engine.load
+    is_demo: bool
+    adapter: str | None = None
+
+
+def demo_model_path(progress: Callable[[str], None] | None = None) -> Path:
+    """The demo model, built into the user cache folder the first time it is asked for."""
+    return ensure_demo(paths.demo_dir(), progress).default_model
+
+
+def choose_model(args: argparse.Namespace, config: Config,
+                 progress: Callable[[str], None] | None = None) -> ModelChoice:
+    adapters = getattr(args, "adapter", None) or []
+    adapter = adapters[-1] if adapters else None
+    model = getattr(args, "model", None)
+    if getattr(args, "demo", False) or not (model or config.model):
+        return ModelChoice(str(demo_model_path(progress)), True, adapter)
+    return ModelChoice(model or config.model, False, adapter)
+
+
+def start_engine(args: argparse.Namespace, config: Config) -> Engine:
+    max_kv = getattr(args, "max_kv_size", None) or config.max_kv_size or None
+    return Engine(max_kv_size=max_kv)
+
+
+def load_blocking(engine: Engine, choice: ModelChoice, quiet: bool = False) -> ModelInfo | Error:
+    """Load and wait, reporting progress on stderr (for the line-mode commands)."""
+    final: ModelInfo | Error = Error("load did not finish")
+    for event in engine.load(choice.spec, choice.adapter):
+        if isinstance(event, LoadProgress) and not quiet:
+            if event.stage == "download" and event.total:
+                pct = 100 * event.done / event.total
+                print(f"\r{event.message}: {pct:5.1f}% of {event.total / 1e6:.0f} MB",
+                      end="", file=sys.stderr, flush=True)
+            elif event.stage != "ready":
+                print(event.message, file=sys.stderr)
+        elif isinstance(event, ModelLoaded):
+            final = event.info
+        elif isinstance(event, Error):
+            final = event
+    return final
+
+
+def demo_label(info: ModelInfo) -> str:
+    return (f"{info.name} is the DEMO model: random weights, it writes nonsense. "
+            "Choose a real one with --model (a folder or a Hugging Face repo id).")
+
+
+def setup(args: argparse.Namespace) -> tuple[Config, SamplingParams]:
+    """Config plus sampling from flags; config problems are printed, not fatal."""
+    from .cli import sampling_from_args
+
+    config = load_config()
+    for problem in config.problems:
+        print(f"workbench: {problem}", file=sys.stderr)
+    return config, sampling_from_args(args, config.sampling)
