@@ -190,6 +190,10 @@ class EngineCore:
     def reset_cache(self) -> None:
         self.slots.clear()
 
+    def adapter_identity(self) -> str:
+        """Names the weights the active cache was computed under ("" = the base model)."""
+        return "" if self.cache_key is None else str(self.cache_key)
+
     def memory(self) -> mem.MemoryReading:
         slot = self.slots.get(self.cache_key)
         return mem.read_memory(self.info.weight_bytes if self.info else 0,
