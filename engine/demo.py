@@ -11,8 +11,10 @@ The weights are random: the model writes fluent-looking nonsense. The UI says so
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -182,7 +184,10 @@ def quantize(src: str | Path, dst: str | Path, bits: int = 4, group_size: int = 
     dst = Path(dst)
     if dst.exists():
         shutil.rmtree(dst)
-    convert(str(src), mlx_path=str(dst), quantize=True, q_bits=bits, q_group_size=group_size)
+    # convert() prints "[INFO] ..." lines on stdout, which belongs to the caller's output.
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        convert(str(src), mlx_path=str(dst), quantize=True, q_bits=bits,
+                q_group_size=group_size)
     return dst
 
 
