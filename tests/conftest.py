@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The machine running the tests may be busy (2 cores, CI): no per-example deadlines.
+settings.register_profile("workbench", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("workbench")
 
 # No test may reach the network: huggingface_hub refuses instead of trying.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
