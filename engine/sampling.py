@@ -41,8 +41,10 @@ class SamplingParams:
         for f in fields(self):
             value = getattr(self, f.name)
             allowed, ok = _RULES[f.name]
+            if value is None and f.name == "seed":
+                continue
             if f.name in _INT_FIELDS:
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                if isinstance(value, bool) or not isinstance(value, int):
                     raise BadSetting(f"{f.name} = {value!r} is not allowed: use {allowed}")
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or (
                 isinstance(value, float) and math.isnan(value)
