@@ -80,6 +80,18 @@ class DemoSpec:
 LLAMA = DemoSpec(name="llama", model_type="llama", seed=0)
 QWEN3 = DemoSpec(name="qwen3", model_type="qwen3", seed=1)
 
+# Random models of real sizes, for benchmarks (the demo tokenizer keeps the vocabulary small,
+# so the layers carry the parameters, as in a real model of that size).
+SIZED = {
+    "0.5b": DemoSpec(name="llama-0.5b", model_type="llama", hidden_size=1536,
+                     num_hidden_layers=16, intermediate_size=4864, num_attention_heads=12,
+                     num_key_value_heads=2, dtype="bfloat16", seed=5),
+    # TinyLlama's shape: about 0.97 billion parameters.
+    "1b": DemoSpec(name="llama-1b", model_type="llama", hidden_size=2048, num_hidden_layers=22,
+                   intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4,
+                   dtype="bfloat16", seed=6),
+}
+
 
 @dataclass(frozen=True)
 class AdapterSpec:

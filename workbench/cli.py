@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "4-bit twins, LoRA/DoRA adapters) offline. "
                                    "Example: workbench demo-model ./demo")
     d.add_argument("path", help="folder to write (replaced if it exists)")
+    d.add_argument("--size", choices=["0.5b", "1b"],
+                   help="instead of the kit, one random llama of this size (for benchmarks)")
+    d.add_argument("--bits", type=int, choices=[4, 8],
+                   help="with --size: also write a quantized copy to PATH-<bits>bit")
+    from .sessions_cli import add_parser as add_sessions_parser
+
+    add_sessions_parser(sub)
     return parser
 
 
@@ -133,9 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "demo-model":
-        from engine.demo import build_demo
+        from engine import demo
 
-        kit = build_demo(args.path, lambda msg: print(msg, file=sys.stderr))
+        if args.size:
+            path = demo.build_model(args.path, demo.SIZED[args.size])
+            print(path)
+            if args.bits:
+                print(demo.quantize(path, f"{path}-{args.bits}bit", bits=args.bits))
+            return 0
+        kit = demo.build_demo(args.path, lambda msg: print(msg, file=sys.stderr))
         print(kit.root)
         return 0
     if command == "generate":
@@ -146,6 +159,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .plain import run_plain
 
         return run_plain(args)
+    if command == "sessions":
+        from .sessions_cli import run as run_sessions
+
+        return run_sessions(args)
     if command == "bench":
         from .bench import run_bench
 
