@@ -1,1 +1,42 @@
-"""The session store: TOML transcripts plus safetensors prompt caches (no UI imports)."""
+"""The session store: TOML transcripts plus safetensors prompt caches (no UI imports).
+
+A session is ``NAME.toml`` (the transcript: the truth) and ``NAME.safetensors`` (the
+model's prompt cache: only saves time) in the sessions folder. ``SessionStore`` handles the
+files from any thread; ``sessions.cache`` holds the jobs that run on the engine thread
+(``resume``, ``save_cache``, ``autosave``, and ``submit_resume``/``submit_autosave`` which
+hand them to ``Engine.submit``). Importing this package imports neither MLX nor any UI.
+"""
+
+from .cache import (
+    CacheSaved,
+    ResumeReport,
+    SaveReport,
+    autosave,
+    read_cache_header,
+    resume,
+    save_cache,
+    submit_autosave,
+    submit_resume,
+)
+from .errors import (
+    BadSession,
+    BadSessionName,
+    SessionError,
+    SessionExists,
+    SessionInUse,
+    SessionNotFound,
+    SessionTooNew,
+)
+from .export import export_data, export_json, export_markdown
+from .names import check_name, sanitize_name
+from .store import SavedTranscript, SessionStore, SessionSummary
+from .transcript import SCHEMA_VERSION, Session, SessionMessage, parse_session
+
+__all__ = [
+    "SCHEMA_VERSION", "BadSession", "BadSessionName", "CacheSaved", "ResumeReport",
+    "SaveReport", "SavedTranscript", "Session", "SessionError", "SessionExists",
+    "SessionInUse", "SessionMessage", "SessionNotFound", "SessionStore", "SessionSummary",
+    "SessionTooNew", "autosave", "check_name", "export_data", "export_json",
+    "export_markdown", "parse_session", "read_cache_header", "resume", "sanitize_name",
+    "save_cache", "submit_autosave", "submit_resume",
+]

@@ -1,0 +1,431 @@
+"""Prompt-cache files: save the engine's KV cache beside a transcript, and resume from it.
+
+A resumed session should answer its next message as fast as if the process had never
+stopped. The engine keeps, per adapter, a ``CacheSlot``: the KV cache and the token ids it
+holds. ``save_cache`` writes that slot as a standard mlx-lm prompt cache (``mlx_lm generate
+--prompt-cache-file`` accepts it), cut to the tokens that match the transcript, with the
+model's fingerprint, the adapter identity, the token ids and a schema version in its
+metadata. ``resume`` checks all of those against the loaded model and the transcript before
+it trusts the file: a cache from another model of the same shapes would load silently and
+make the model write garbage. Any mismatch (missing, truncated, corrupt, another model,
+adapter or schema) sets the file aside as ``NAME.safetensors.stale`` with a one-line notice,
+and the transcript is prefilled again, so the conversation is never lost.
+
+The functions that touch MLX take the ``EngineCore`` and run on the engine thread: give
+them to ``Engine.submit`` (``submit_resume`` and ``submit_autosave`` do that for you).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engine.engine import CacheSlot, EngineCore
+from engine.errors import Cancelled, NoModel
+from engine.events import Notice, PrefillProgress
+from engine.loader import looks_like_repo_id
+from engine.stream import EventStream
+
+from .errors import SessionError
+from .files import atomic_write_with
+from .fingerprint import model_fingerprint
+from .store import SavedTranscript, SessionStore
+from .transcript import Session
+
+CACHE_SCHEMA = 1
+KEY_SCHEMA = "workbench_schema"
+KEY_FINGERPRINT = "workbench_fingerprint"
+KEY_ADAPTER = "workbench_adapter"
+KEY_TOKENS = "workbench_tokens"
+MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
+
+Emit = Callable[[Any], None]
+
+
+@dataclass(frozen=True)
+class CacheHeader:
+    """What a cache file says about itself, read without loading any tensor."""
+
+    metadata: dict[str, str]  # the user metadata given to save_prompt_cache
+    classes: list[str]  # one cache class name per layer
+    file_bytes: int
+
+    @property
+    def tokens(self) -> list[int] | None:
+        try:
+            tokens = json.loads(self.metadata.get(KEY_TOKENS, ""))
+        except ValueError:
+            return None
+        if isinstance(tokens, list) and all(type(t) is int and t >= 0 for t in tokens):
+            return tokens
+        return None
+
+
+class CacheUnusable(Exception):
+    """Why a cache file cannot be used; ``str()`` completes "the saved prompt cache ..."."""
+
+
+@dataclass(frozen=True)
+class CacheSaved:
+    """What ``save_cache`` wrote (``path`` None and ``skipped`` set when it wrote nothing)."""
+
+    path: Path | None
+    tokens: int
+    bytes: int
+    seconds: float
+    skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class SaveReport:
+    """One autosave: the transcript (always) and the prompt cache (when there is one)."""
+
+    transcript: SavedTranscript
+    cache: CacheSaved
+    title: str
+    model_fingerprint: str
+
+
+@dataclass(frozen=True)
+class ResumeReport:
+    """How a session was resumed.
+
+    ``reused``: the saved cache was loaded; ``cached_tokens`` of it matched the transcript.
+    Otherwise ``reason`` says why not, the file (if any) was moved to ``set_aside``, and
+    ``prefilled_tokens`` of the transcript were evaluated again (fewer if ``cancelled``).
+    ``notice`` is the one line to show the user (None when all went as hoped).
+    """
+
+    reused: bool
+    cached_tokens: int
+    prefilled_tokens: int
+    history_tokens: int
+    reason: str = ""
+    notice: str | None = None
+    set_aside: Path | None = None
+    cancelled: bool = False
+    seconds: float = 0.0
+
+
+# -- reading a cache file without loading it -----------------------------------------------
+def read_cache_header(path: Path) -> CacheHeader:
+    """Parse the safetensors header of ``path``; raise ``CacheUnusable`` if it is damaged."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CacheUnusable("is empty or truncated")
+            n = struct.unpack("<Q", head)[0]
+            if n > MAX_HEADER or n > size - 8:
+                raise CacheUnusable("is truncated or not a safetensors file")
+            header = json.loads(fh.read(n))
+    except OSError as exc:
+        raise CacheUnusable(f"cannot be read ({exc.strerror})") from None
+    except (ValueError, RecursionError):
+        raise CacheUnusable("is damaged (its header is not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise CacheUnusable("is damaged (its header is not a table)")
+    data_end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            data_end = max(data_end, int(entry["data_offsets"][1]))
+        except (TypeError, KeyError, IndexError, ValueError):
+            raise CacheUnusable("is damaged (a tensor entry is malformed)") from None
+    if 8 + n + data_end > size:
+        raise CacheUnusable("is truncated")
+    raw = header.get("__metadata__") or {}
+    if not isinstance(raw, dict):
+        raise CacheUnusable("is damaged (its metadata is not a table)")
+    metadata = {k[2:]: v for k, v in raw.items()
+                if isinstance(k, str) and k.startswith("0.") and isinstance(v, str)}
+    layers = {}
+    for k, v in raw.items():
+        if isinstance(k, str) and k.startswith("1.") and k[2:].isdigit():
+            layers[int(k[2:])] = str(v)
+    classes = [layers[i] for i in sorted(layers)]
+    return CacheHeader(metadata, classes, size)
+
+
+# -- engine-thread helpers -----------------------------------------------------------------
+def _require_model(core: EngineCore) -> None:
+    if core.model is None or core.info is None:
+        raise NoModel("no model is loaded: load the session's model first, then resume it")
+
+
+def render_history(core: EngineCore, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of the conversation so far, as the next turn's prompt will begin."""
+    if not messages:
+        return []
+    tokenizer = core.tokenizer
+    if getattr(tokenizer, "has_chat_template", True):
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=False,
+                                                  tokenize=True))
+    return list(tokenizer.encode("\n".join(m["content"] for m in messages)))
+
+
+def model_ref(core: EngineCore) -> str:
+    """The ``--model`` string ``mlx_lm generate --prompt-cache-file`` will be given."""
+    assert core.info is not None
+    name = core.info.name
+    if looks_like_repo_id(name) and not Path(name).exists():
+        return name
+    return core.info.path
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _cut(cache: list[Any], tokens: int) -> list[Any]:
+    """Copies of the layer caches holding exactly ``tokens`` entries (not the whole
+    preallocated buffer, which grows in steps of 256)."""
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache
+
+    out = []
+    for c in cache:
+        if type(c) is KVCache and c.keys is not None:
+            out.append(KVCache.from_state((c.keys[..., :tokens, :], c.values[..., :tokens, :],
+                                           tokens)))
+        elif type(c) is QuantizedKVCache and c.keys is not None:
+            keys = tuple(a[..., :tokens, :] for a in c.keys)
+            values = tuple(a[..., :tokens, :] for a in c.values)
+            out.append(QuantizedKVCache.from_state((keys, values, tokens, c.group_size,
+                                                    c.bits)))
+        else:  # other cache kinds are saved as they are
+            out.append(c)
+    return out
+
+
+def _prefill(core: EngineCore, tokens: list[int], emit: Emit,
+             cancel: threading.Event) -> tuple[int, bool]:
+    """Evaluate ``tokens`` beyond what the active slot holds; (tokens evaluated, cancelled)."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+
+    slot = core.slot()
+    start = len(slot.tokens)
+    todo = tokens[start:]
+    if not todo:
+        return 0, False
+    processed = 0
+
+    def on_progress(done: int, total: int) -> None:
+        nonlocal processed
+        processed = done
+        emit(PrefillProgress(done, total))
+        if cancel.is_set() and done < total:
+            raise Cancelled
+
+    cancelled = False
+    try:
+        for _ in generate_step(mx.array(todo), core.model, max_tokens=0,
+                               prompt_cache=slot.cache,
+                               prefill_step_size=core.prefill_step_size,
+                               prompt_progress_callback=on_progress):
+            pass
+        slot.tokens = list(tokens)
+    except Cancelled:
+        slot.tokens = tokens[: start + processed]
+        cancelled = True
+    except BaseException:
+        core.slots.pop(core.cache_key, None)
+        raise
+    slot.reconcile()
+    return len(slot.tokens) - start, cancelled
+
+
+def _load_checked(core: EngineCore, path: Path) -> tuple[list[Any], list[int]]:
+    """Load ``path`` if it was made by this model under this adapter; else CacheUnusable."""
+    from mlx_lm.models.cache import load_prompt_cache, make_prompt_cache
+
+    assert core.info is not None
+    if not path.exists():
+        raise CacheUnusable("is missing")
+    header = read_cache_header(path)
+    meta = header.metadata
+    schema = meta.get(KEY_SCHEMA)
+    if schema is None:
+        raise CacheUnusable("is not a workbench prompt cache")
+    if schema != str(CACHE_SCHEMA):
+        raise CacheUnusable(f"has schema {schema}, not {CACHE_SCHEMA}")
+    if meta.get(KEY_FINGERPRINT) != model_fingerprint(core.info.path):
+        raise CacheUnusable(f"was made with another model ({meta.get('model', '?')})")
+    adapter = core.adapter_identity()
+    if meta.get(KEY_ADAPTER, "") != adapter:
+        then = meta.get(KEY_ADAPTER) or "no adapter"
+        raise CacheUnusable(f"was made under another adapter ({then}, now "
+                            f"{adapter or 'no adapter'})")
+    tokens = header.tokens
+    if tokens is None:
+        raise CacheUnusable("is damaged (its token ids are unreadable)")
+    expected = [type(c).__name__ for c in make_prompt_cache(core.model)]
+    if header.classes != expected:
+        raise CacheUnusable(f"does not fit this model ({len(header.classes)} layer caches, "
+                            f"the model has {len(expected)})")
+    try:
+        cache = load_prompt_cache(str(path))
+    except Exception:  # noqa: BLE001 - RuntimeError/ValueError/KeyError for a damaged file
+        raise CacheUnusable("is damaged (its tensors cannot be loaded)") from None
+    for c in cache:
+        offset = getattr(c, "offset", None)
+        if isinstance(offset, int) and offset != len(tokens):
+            raise CacheUnusable(f"is damaged (it holds {offset} entries for {len(tokens)} "
+                                "tokens)")
+    return cache, tokens
+
+
+# -- the engine-thread jobs ----------------------------------------------------------------
+def save_cache(core: EngineCore, store: SessionStore, session: Session) -> CacheSaved:
+    """Write the active prompt cache as ``NAME.safetensors`` (engine thread).
+
+    Only the tokens that agree with the transcript are kept (the next turn could not reuse
+    the others). Writes nothing, and says why in ``skipped``, when nothing matches.
+    """
+    _require_model(core)
+    assert core.info is not None
+    start = time.perf_counter()
+    slot = core.slots.get(core.cache_key)
+    if slot is None or not slot.tokens or not slot.cache:
+        return CacheSaved(None, 0, 0, 0.0, skipped="nothing is cached yet")
+    if slot.offset() != len(slot.tokens):
+        slot.reconcile()
+    keep = _common_prefix(slot.tokens, render_history(core, session.chat_messages()))
+    if keep == 0:
+        return CacheSaved(None, 0, 0, 0.0,
+                          skipped="the engine's cache holds another conversation")
+    from mlx_lm.models.cache import save_prompt_cache
+
+    metadata = {
+        "model": model_ref(core),
+        "tokenizer_config": json.dumps({}),
+        KEY_SCHEMA: str(CACHE_SCHEMA),
+        KEY_FINGERPRINT: model_fingerprint(core.info.path),
+        KEY_ADAPTER: core.adapter_identity(),
+        KEY_TOKENS: json.dumps(slot.tokens[:keep], separators=(",", ":")),
+    }
+    cut = _cut(slot.cache, keep)
+    path = store.cache_path(session.name)
+    store.acquire(session.name)
+    atomic_write_with(path, lambda tmp: save_prompt_cache(str(tmp), cut, metadata),
+                      suffix=".tmp.safetensors")
+    return CacheSaved(path, keep, path.stat().st_size, time.perf_counter() - start)
+
+
+def autosave(core: EngineCore, store: SessionStore, session: Session) -> SaveReport:
+    """Save the transcript, then the prompt cache (engine thread). Give it a snapshot of the
+    session (``submit_autosave`` does): it sets ``updated``, ``title`` and the model's
+    fingerprint on the object it is given.
+
+    A transcript that cannot be written raises ``SessionError``; a cache that cannot be
+    written is reported in ``report.cache.skipped`` (the transcript is what matters).
+    """
+    if core.info is not None:
+        session.model_fingerprint = model_fingerprint(core.info.path)
+        session.model = session.model or model_ref(core)
+    try:
+        saved = store.save(session)
+    except OSError as exc:
+        raise SessionError(f"session {session.name!r} could not be saved ({exc.strerror}): "
+                           f"check that {store.folder} is writable and has free space") from None
+    try:
+        cache = save_cache(core, store, session) if core.info is not None else CacheSaved(
+            None, 0, 0, 0.0, skipped="no model is loaded")
+    except OSError as exc:
+        cache = CacheSaved(None, 0, 0, 0.0,
+                           skipped=f"the prompt cache could not be written ({exc.strerror})")
+    return SaveReport(saved, cache, session.title, session.model_fingerprint)
+
+
+def resume(core: EngineCore, store: SessionStore, session: Session, emit: Emit | None = None,
+           cancel: threading.Event | None = None) -> ResumeReport:
+    """Make the engine ready to continue ``session`` (engine thread; the model and adapter
+    the session should run with must be loaded already).
+
+    Loads ``NAME.safetensors`` if it passes every check, so the next turn prefills only the
+    new message. Otherwise sets the file aside, emits a ``Notice`` and prefills the
+    transcript again now (cancellable; progress as ``PrefillProgress`` events), then saves a
+    fresh cache. The engine's previous caches are dropped either way.
+    """
+    emit = emit or (lambda _event: None)
+    cancel = cancel or threading.Event()
+    _require_model(core)
+    start = time.perf_counter()
+    core.reset_cache()
+    messages = session.chat_messages()
+    if not any(m["role"] == "user" for m in messages):
+        return ResumeReport(False, 0, 0, 0, reason="the conversation is empty")
+    history = render_history(core, messages)
+    path = store.cache_path(session.name)
+    try:
+        cache, tokens = _load_checked(core, path)
+        common = _common_prefix(tokens, history)
+        if common == 0:
+            raise CacheUnusable("belongs to another conversation")
+    except CacheUnusable as why:
+        return _rebuild(core, store, session, history, str(why), emit, cancel, start)
+    from mlx_lm.models.cache import trim_prompt_cache
+
+    notice = None
+    if common < len(tokens):
+        trim_prompt_cache(cache, len(tokens) - common)
+        notice = (f"session {session.name!r}: the saved prompt cache matches {common} of "
+                  f"{len(history)} tokens (the transcript changed since it was saved): the "
+                  "rest will be read with the next message")
+        emit(Notice(notice))
+    core.slots[core.cache_key] = CacheSlot(cache, tokens[:common])
+    return ResumeReport(True, common, 0, len(history), notice=notice,
+                        seconds=time.perf_counter() - start)
+
+
+def _rebuild(core: EngineCore, store: SessionStore, session: Session, history: list[int],
+             reason: str, emit: Emit, cancel: threading.Event, start: float) -> ResumeReport:
+    path = store.cache_path(session.name)
+    aside: Path | None = None
+    if path.exists():
+        store.acquire(session.name)
+        aside = store.stale_path(session.name)
+        os.replace(path, aside)
+    where = f"; it was set aside as {aside.name}" if aside else ""
+    notice = (f"session {session.name!r}: the saved prompt cache {reason}{where}; re-reading "
+              f"the conversation ({len(history)} tokens)")
+    emit(Notice(notice))
+    done, cancelled = _prefill(core, history, emit, cancel)
+    if not cancelled:
+        with contextlib.suppress(OSError):
+            save_cache(core, store, session)
+    return ResumeReport(False, 0, done, len(history), reason=reason, notice=notice,
+                        set_aside=aside, cancelled=cancelled,
+                        seconds=time.perf_counter() - start)
+
+
+# -- for the UI: submit the jobs to the engine ---------------------------------------------
+def submit_resume(engine: Any, store: SessionStore, session: Session) -> EventStream:
+    """``engine.submit`` a resume of ``session``. Ends in ``Result(ResumeReport)``."""
+    snapshot = copy.deepcopy(session)
+    return engine.submit(  # type: ignore[no-any-return]
+        lambda core, emit, cancel: resume(core, store, snapshot, emit, cancel))
+
+
+def submit_autosave(engine: Any, store: SessionStore, session: Session) -> EventStream:
+    """``engine.submit`` an autosave of a snapshot of ``session``. Ends in
+    ``Result(SaveReport)`` (or ``Error`` if the transcript could not be written)."""
+    snapshot = copy.deepcopy(session)
+    return engine.submit(  # type: ignore[no-any-return]
+        lambda core, _emit, _cancel: autosave(core, store, snapshot))

@@ -1,0 +1,39 @@
+"""The session store's user-facing errors: one line each, saying what is wrong and what to do."""
+
+from __future__ import annotations
+
+from engine.errors import WorkbenchError
+
+
+class SessionError(WorkbenchError):
+    kind = "session"
+
+
+class BadSessionName(SessionError):
+    kind = "session-name"
+
+
+class SessionNotFound(SessionError):
+    kind = "session-not-found"
+
+
+class BadSession(SessionError):
+    """The transcript cannot be read as a session; the file is left as it is."""
+
+    kind = "session-damaged"
+
+
+class SessionTooNew(SessionError):
+    """Written by a newer workbench; refused and left untouched."""
+
+    kind = "session-too-new"
+
+
+class SessionInUse(SessionError):
+    """Another process (or another store in this one) has the session open for writing."""
+
+    kind = "session-in-use"
+
+
+class SessionExists(SessionError):
+    kind = "session-exists"

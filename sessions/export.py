@@ -1,0 +1,73 @@
+"""Turn a session into Markdown (to read or share) or JSON (for scripts)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from .transcript import Session
+
+
+def _when(t: datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+
+
+def export_markdown(session: Session) -> str:
+    """The conversation as Markdown: a header of settings, then one section per message."""
+    lines = [f"# {session.title or session.default_title()}", ""]
+    facts = [("session", session.name), ("model", session.model or "?"),
+             ("adapter", f"{session.adapter} (scale {session.adapter_scale:g})"
+              if session.adapter else ""),
+             ("created", _when(session.created)), ("updated", _when(session.updated))]
+    sampling = ", ".join(f"{k}={v}" for k, v in session.sampling.to_dict().items()
+                         if v is not None)
+    facts.append(("sampling", sampling))
+    lines += [f"- **{k}**: {v}" for k, v in facts if v]
+    if session.system_prompt:
+        lines += ["", "## System", "", session.system_prompt]
+    for m in session.messages:
+        heading = "You" if m.role == "user" else "Assistant"
+        notes = [_when(m.time)]
+        if m.adapter:
+            notes.append(f"adapter {m.adapter}")
+        if m.cancelled:
+            notes.append("cancelled")
+        lines += ["", f"## {heading} ({', '.join(notes)})", "", m.content]
+        if m.stats:
+            lines += ["", f"*{_stats_line(m.stats)}*"]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _stats_line(stats: dict[str, Any]) -> str:
+    parts = []
+    if "generated_tokens" in stats:
+        parts.append(f"{stats['generated_tokens']} tokens")
+    if "decode_tps" in stats:
+        parts.append(f"{float(stats['decode_tps']):.1f} tok/s")
+    if "ttft_s" in stats:
+        parts.append(f"first token {float(stats['ttft_s']) * 1000:.0f} ms")
+    if "finish_reason" in stats:
+        parts.append(str(stats["finish_reason"]))
+    return " · ".join(parts) or "no statistics"
+
+
+def export_data(session: Session) -> dict[str, Any]:
+    """The transcript as plain JSON-ready data (times as ISO 8601 text)."""
+    data = session.to_toml_data()
+    data["name"] = session.name
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    return dict(plain(data))
+
+
+def export_json(session: Session) -> str:
+    return json.dumps(export_data(session), indent=2, ensure_ascii=False) + "\n"

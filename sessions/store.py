@@ -1,0 +1,342 @@
+"""The sessions folder: ``NAME.toml`` transcripts beside ``NAME.safetensors`` prompt caches.
+
+``SessionStore`` lists, opens, saves, renames and deletes sessions. It never runs MLX (the
+prompt cache side lives in ``sessions.cache`` and runs on the engine thread), so any thread
+may use it. Its rules:
+
+- names are checked (``sessions.names``) before they touch the file system;
+- the folder is created private (0700) and every file is written 0600, atomically;
+- opening only reads (tomllib), and never changes a file, even a damaged one;
+- a session of a newer schema is refused and never overwritten;
+- writing takes a per-session lock, held until ``release``/``close``: a second process
+  (or a second store) that wants to write the same session is told it is in use.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import functools
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+from .errors import (
+    BadSession,
+    SessionError,
+    SessionExists,
+    SessionInUse,
+    SessionNotFound,
+    SessionTooNew,
+)
+from .files import FileLock, LockBusy, atomic_write, private_dir, temp_files
+from .names import check_name
+from .transcript import Session, now, parse_session
+
+TRANSCRIPT = ".toml"
+CACHE = ".safetensors"
+STALE = ".safetensors.stale"
+
+
+@dataclass(frozen=True)
+class SessionSummary:
+    """One row of the sessions list. ``problem`` says why a session cannot be opened."""
+
+    name: str
+    title: str
+    model: str
+    adapter: str
+    turns: int
+    created: datetime | None
+    updated: datetime | None
+    toml_bytes: int
+    cache_bytes: int
+    problem: str | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        return self.toml_bytes + self.cache_bytes
+
+    def matches(self, text: str) -> bool:
+        """For the list's filter: ``text`` in the name, title, model or adapter."""
+        needle = text.casefold().strip()
+        return not needle or any(needle in field.casefold() for field in
+                                 (self.name, self.title, self.model, self.adapter))
+
+
+@dataclass(frozen=True)
+class SavedTranscript:
+    path: Path
+    bytes: int
+    saved_at: datetime
+    set_aside: Path | None = None  # a damaged file found in the way, kept under this name
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _serialized(method: _Method) -> _Method:
+    """Run the method under the store's mutex (the UI lists while the engine thread saves)."""
+
+    @functools.wraps(method)
+    def wrapper(self: SessionStore, *args: Any, **kwargs: Any) -> Any:
+        with self._mutex:
+            return method(self, *args, **kwargs)
+
+    return cast(_Method, wrapper)
+
+
+class SessionStore:
+    """The sessions in one folder. Use as a context manager to release its locks."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder).expanduser()
+        self._locks: dict[str, FileLock] = {}
+        self._seen: dict[str, tuple[int, int, int]] = {}  # name -> stat of our last read/write
+        self._mutex = threading.RLock()
+
+    # -- paths ---------------------------------------------------------------------------
+    def transcript_path(self, name: str) -> Path:
+        return self.folder / f"{check_name(name)}{TRANSCRIPT}"
+
+    def cache_path(self, name: str) -> Path:
+        return self.folder / f"{check_name(name)}{CACHE}"
+
+    def stale_path(self, name: str) -> Path:
+        return self.folder / f"{check_name(name)}{STALE}"
+
+    def exists(self, name: str) -> bool:
+        return self.transcript_path(name).is_file()
+
+    # -- locks ---------------------------------------------------------------------------
+    @_serialized
+    def acquire(self, name: str) -> None:
+        """Take the write lock of ``name`` (a no-op if this store holds it already)."""
+        check_name(name)
+        lock = self._locks.get(name)
+        if lock is not None and lock.held:
+            return
+        private_dir(self.folder)
+        lock = FileLock(self.folder / f".{name}.lock")
+        try:
+            lock.acquire()
+        except LockBusy as busy:
+            pid = str(busy.args[0]) if busy.args else ""
+            where = ("elsewhere in this workbench" if pid == str(os.getpid())
+                     else f"in another workbench (process {pid})" if pid
+                     else "in another workbench")
+            raise SessionInUse(f"session {name!r} is open {where}: close it there first, or "
+                               "save this conversation under another name") from None
+        self._locks[name] = lock
+        for stem in (f"{name}{TRANSCRIPT}", f"{name}{CACHE}"):  # left by a killed writer
+            for tmp in temp_files(self.folder, stem):
+                tmp.unlink(missing_ok=True)
+
+    def holds(self, name: str) -> bool:
+        lock = self._locks.get(name)
+        return lock is not None and lock.held
+
+    @_serialized
+    def release(self, name: str) -> None:
+        lock = self._locks.pop(name, None)
+        if lock is not None:
+            lock.release()
+
+    def close(self) -> None:
+        for name in list(self._locks):
+            self.release(name)
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading -------------------------------------------------------------------------
+    def open(self, name: str, *, lock: bool = False) -> Session:
+        """Read session ``name``. With ``lock``, also take its write lock (for autosave).
+
+        Raises ``SessionNotFound``, ``BadSession``, ``SessionTooNew`` or ``SessionInUse``;
+        never changes a file.
+        """
+        path = self.transcript_path(name)
+        if lock:
+            self.acquire(name)
+        try:
+            try:
+                data = path.read_bytes()
+                st = path.stat()
+            except FileNotFoundError:
+                raise SessionNotFound(f"no session named {name!r} in {self.folder}: "
+                                      "`workbench sessions list` shows the saved ones") from None
+            except OSError as exc:
+                raise BadSession(f"session {name!r} cannot be read ({exc.strerror}): check "
+                                 f"the permissions of {path}") from None
+            session = parse_session(name, data)
+        except BaseException:
+            if lock:
+                self.release(name)
+            raise
+        self._seen[name] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        return session
+
+    def new(self, name: str, **fields: object) -> Session:
+        """A new, unsaved session (``fields`` as in ``Session``). Refuses a taken name."""
+        if self.exists(name):
+            raise SessionExists(f"a session named {name!r} exists already: open it, or pick "
+                                "another name")
+        return Session(name=check_name(name), **fields)  # type: ignore[arg-type]
+
+    def open_or_new(self, name: str, *, lock: bool = True,
+                    **fields: object) -> tuple[Session, bool]:
+        """Open ``name``, or start it if it does not exist: ``(session, created)``."""
+        try:
+            return self.open(name, lock=lock), False
+        except SessionNotFound:
+            if lock:
+                self.acquire(name)
+            return Session(name=check_name(name), **fields), True  # type: ignore[arg-type]
+
+    def list(self, filter_text: str = "") -> list[SessionSummary]:
+        """Every session in the folder, most recently used first; unreadable ones included
+        with their ``problem``."""
+        if not self.folder.is_dir():
+            return []
+        rows = []
+        for path in self.folder.glob(f"*{TRANSCRIPT}"):
+            name = path.name[: -len(TRANSCRIPT)]
+            try:
+                check_name(name)
+            except SessionError:  # not a file this store wrote
+                continue
+            row = self._summary(name, path)
+            if row.matches(filter_text):
+                rows.append(row)
+        rows.sort(key=lambda r: (r.updated is not None, r.updated or now(), r.name),
+                  reverse=True)
+        return rows
+
+    def summary(self, name: str) -> SessionSummary:
+        path = self.transcript_path(name)
+        if not path.is_file():
+            raise SessionNotFound(f"no session named {name!r} in {self.folder}: "
+                                  "`workbench sessions list` shows the saved ones")
+        return self._summary(name, path)
+
+    def _summary(self, name: str, path: Path) -> SessionSummary:
+        cache = self.cache_path(name)
+        cache_bytes = cache.stat().st_size if cache.is_file() else 0
+        try:
+            toml_bytes = path.stat().st_size
+            s = parse_session(name, path.read_bytes())
+        except (BadSession, SessionTooNew) as exc:
+            return SessionSummary(name, "", "", "", 0, None, None, _size(path), cache_bytes,
+                                  problem=str(exc))
+        except OSError as exc:
+            return SessionSummary(name, "", "", "", 0, None, None, 0, cache_bytes,
+                                  problem=f"cannot be read ({exc.strerror})")
+        return SessionSummary(name, s.title or s.default_title(), s.model, s.adapter, s.turns,
+                              s.created, s.updated, toml_bytes, cache_bytes)
+
+    # -- writing -------------------------------------------------------------------------
+    @_serialized
+    def save(self, session: Session) -> SavedTranscript:
+        """Write the transcript atomically (taking the session's lock if needed).
+
+        Sets ``session.updated`` (and a title from the first message if it has none).
+        Refuses to overwrite a newer-schema file; a damaged file in the way is kept aside
+        as ``NAME.toml.damaged-TIME`` rather than lost.
+        """
+        name = check_name(session.name)
+        self.acquire(name)
+        path = self.transcript_path(name)
+        set_aside = self._guard_existing(name, path)
+        session.updated = now()
+        if not session.title:
+            session.title = session.default_title()
+        data = session.to_toml().encode("utf-8")
+        atomic_write(path, data)
+        st = path.stat()
+        self._seen[name] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        return SavedTranscript(path, len(data), session.updated, set_aside)
+
+    def _guard_existing(self, name: str, path: Path) -> Path | None:
+        """Check a transcript that changed since this store last read or wrote it."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        if self._seen.get(name) == (st.st_size, st.st_mtime_ns, st.st_ino):
+            return None
+        try:
+            parse_session(name, path.read_bytes())
+        except SessionTooNew:
+            raise
+        except (BadSession, OSError):
+            aside = path.with_name(f"{path.name}.damaged-{now():%Y%m%d-%H%M%S}")
+            os.replace(path, aside)
+            return aside
+        return None
+
+    @_serialized
+    def delete(self, name: str) -> builtins.list[Path]:
+        """Remove the session's transcript and caches; returns what was removed."""
+        path = self.transcript_path(name)
+        if not path.exists() and not self.cache_path(name).exists():
+            raise SessionNotFound(f"no session named {name!r} in {self.folder}: "
+                                  "`workbench sessions list` shows the saved ones")
+        self.acquire(name)
+        removed = []
+        try:
+            for p in (self.cache_path(name), self.stale_path(name), path):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+                    removed.append(p)
+            self._seen.pop(name, None)
+        finally:
+            self.release(name)
+        return removed
+
+    @_serialized
+    def rename(self, old: str, new: str) -> None:
+        """Rename a session (transcript and caches). The title is left as it is."""
+        check_name(new)
+        if not self.exists(old):
+            raise SessionNotFound(f"no session named {old!r} in {self.folder}: "
+                                  "`workbench sessions list` shows the saved ones")
+        if old == new:
+            return
+        if self.exists(new):
+            raise SessionExists(f"a session named {new!r} exists already: pick another name "
+                                "or delete that one first")
+        held = self.holds(old)
+        self.acquire(old)
+        try:
+            self.acquire(new)
+        except SessionInUse:
+            if not held:
+                self.release(old)
+            raise
+        # The caches first: a crash half-way leaves the transcript under its old name.
+        for src, dst in ((self.cache_path(old), self.cache_path(new)),
+                         (self.stale_path(old), self.stale_path(new)),
+                         (self.transcript_path(old), self.transcript_path(new))):
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(src, dst)
+        seen = self._seen.pop(old, None)
+        if seen is not None:
+            self._seen[new] = seen
+        self.release(old)
+        if not held:
+            self.release(new)
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

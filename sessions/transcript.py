@@ -1,0 +1,276 @@
+"""The transcript: what a session is, and its human-readable TOML form.
+
+The transcript is the truth of a conversation (the prompt cache only saves time), so
+reading it is strict and explains itself: every problem is one line naming the field and
+what to do, raised as ``BadSession``; a transcript of a newer schema is refused with
+``SessionTooNew``. Reading uses ``tomllib`` only and never writes anything.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import tomli_w
+
+from engine.errors import BadSetting
+from engine.sampling import SamplingParams
+
+from .errors import BadSession, SessionTooNew
+
+SCHEMA_VERSION = 1
+ROLES = ("user", "assistant")
+_STAT_TYPES = (int, float, str, bool)
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@dataclass
+class SessionMessage:
+    """One message. ``adapter`` names the adapter a reply was made with ("" = none);
+    ``stats`` holds the reply's ``TurnStats.to_dict()``; ``cancelled`` marks a reply the
+    user stopped (its text is what had arrived)."""
+
+    role: str
+    content: str
+    time: datetime = field(default_factory=now)
+    adapter: str = ""
+    cancelled: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Session:
+    """A conversation and the settings it was held with. ``name`` is its file name."""
+
+    name: str
+    title: str = ""
+    created: datetime = field(default_factory=now)
+    updated: datetime = field(default_factory=now)
+    model: str = ""  # repo id or folder, as given to Engine.load
+    model_fingerprint: str = ""
+    adapter: str = ""  # adapter folder ("" = none)
+    adapter_scale: float = 1.0
+    system_prompt: str = ""
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    messages: list[SessionMessage] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # harmless oddities found on reading
+
+    # -- the conversation ----------------------------------------------------------------
+    def add_user(self, text: str) -> SessionMessage:
+        msg = SessionMessage("user", text)
+        self.messages.append(msg)
+        return msg
+
+    def add_reply(self, text: str, stats: dict[str, Any] | None = None, adapter: str = "",
+                  cancelled: bool = False) -> SessionMessage:
+        msg = SessionMessage("assistant", text, adapter=adapter, cancelled=cancelled,
+                             stats=dict(stats or {}))
+        self.messages.append(msg)
+        return msg
+
+    def chat_messages(self) -> list[dict[str, str]]:
+        """The messages to give ``Engine.chat`` (the system prompt first).
+
+        A reply with no text (cancelled before its first token) is left out; a cancelled
+        reply with text stays in, as the user saw it.
+        """
+        out = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        for m in self.messages:
+            if m.role == "assistant" and not m.content:
+                continue
+            out.append({"role": m.role, "content": m.content})
+        return out
+
+    @property
+    def turns(self) -> int:
+        return sum(1 for m in self.messages if m.role == "user")
+
+    def default_title(self) -> str:
+        for m in self.messages:
+            if m.role == "user" and m.content.strip():
+                line = m.content.strip().splitlines()[0]
+                return line if len(line) <= 60 else line[:59].rstrip() + "…"
+        return self.name
+
+    # -- TOML ----------------------------------------------------------------------------
+    def to_toml_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "title": self.title,
+            "created": self.created,
+            "updated": self.updated,
+            "system_prompt": self.system_prompt,
+            "model": {"id": self.model, "fingerprint": self.model_fingerprint},
+            "adapter": {"path": self.adapter, "scale": float(self.adapter_scale)},
+            "sampling": {k: v for k, v in self.sampling.to_dict().items() if v is not None},
+            "messages": [],
+        }
+        for m in self.messages:
+            entry: dict[str, Any] = {"role": m.role, "content": m.content, "time": m.time}
+            if m.role == "assistant":
+                entry["adapter"] = m.adapter
+                entry["cancelled"] = m.cancelled
+                if m.stats:
+                    entry["stats"] = {k: v for k, v in m.stats.items()
+                                      if isinstance(v, _STAT_TYPES)}
+            data["messages"].append(entry)
+        return data
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_toml_data(), multiline_strings=True)
+
+
+# -- reading -------------------------------------------------------------------------------
+class _Reader:
+    """Checks one TOML table field by field; ``where`` names it in messages."""
+
+    def __init__(self, name: str, table: dict[str, Any], where: str,
+                 problems: list[str]) -> None:
+        self.name, self.table, self.where, self.problems = name, table, where, problems
+
+    def fail(self, what: str) -> BadSession:
+        return BadSession(f"session {self.name!r} cannot be read: {self.where}{what}; fix or "
+                          "remove that part of the file (it was left unchanged)")
+
+    def get(self, key: str, kinds: tuple[type, ...], label: str, default: Any) -> Any:
+        if key not in self.table:
+            return default
+        value = self.table[key]
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.fail(f"{key} must be {label}, not {value!r}")
+        if not isinstance(value, kinds):
+            raise self.fail(f"{key} must be {label}, not {_short(value)}")
+        return value
+
+    def text(self, key: str, default: str = "") -> str:
+        return str(self.get(key, (str,), "text", default))
+
+    def time(self, key: str, default: datetime) -> datetime:
+        value = self.get(key, (datetime, date), "a date and time", default)
+        if not isinstance(value, datetime):
+            raise self.fail(f"{key} must be a date and time, not the date {value}")
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+    def table_(self, key: str) -> dict[str, Any]:
+        return dict(self.get(key, (dict,), "a table", {}))
+
+    def unknown(self, known: set[str]) -> None:
+        for key in self.table:
+            if key not in known:
+                self.problems.append(f"{self.where}unknown key {key!r} (ignored)")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def parse_session(name: str, text: bytes | str) -> Session:
+    """Build a Session from a transcript's bytes, or raise one clear ``SessionError``."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadSession(f"session {name!r} cannot be read: it is not UTF-8 text (byte "
+                             f"{exc.start}); the file was left unchanged") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BadSession(f"session {name!r} cannot be read: not valid TOML ({exc}); fix the "
+                         "file by hand or delete it (it was left unchanged)") from None
+    except RecursionError:
+        raise BadSession(f"session {name!r} cannot be read: its TOML is nested too deeply; "
+                         "the file was left unchanged") from None
+    return session_from_data(name, data)
+
+
+def check_schema(name: str, data: dict[str, Any]) -> int:
+    schema = data.get("schema")
+    if schema is None:
+        raise BadSession(f"session {name!r} has no schema version: it is not a workbench "
+                         "session file (it was left unchanged)")
+    if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
+        raise BadSession(f"session {name!r} has a bad schema version {_short(schema)}: it is "
+                         "not a workbench session file (it was left unchanged)")
+    if schema > SCHEMA_VERSION:
+        raise SessionTooNew(f"session {name!r} was written by a newer workbench (schema "
+                            f"{schema}; this one reads up to {SCHEMA_VERSION}): update the "
+                            "workbench to open it; the file was left untouched")
+    return schema
+
+
+def session_from_data(name: str, data: dict[str, Any]) -> Session:
+    check_schema(name, data)
+    problems: list[str] = []
+    top = _Reader(name, data, "", problems)
+    top.unknown({"schema", "title", "created", "updated", "system_prompt", "model", "adapter",
+                 "sampling", "messages"})
+    created = top.time("created", now())
+    session = Session(
+        name=name,
+        title=top.text("title"),
+        created=created,
+        updated=top.time("updated", created),
+        system_prompt=top.text("system_prompt"),
+        problems=problems,
+    )
+    model = _Reader(name, top.table_("model"), "[model] ", problems)
+    model.unknown({"id", "fingerprint"})
+    session.model = model.text("id")
+    session.model_fingerprint = model.text("fingerprint")
+    adapter = _Reader(name, top.table_("adapter"), "[adapter] ", problems)
+    adapter.unknown({"path", "scale"})
+    session.adapter = adapter.text("path")
+    scale = adapter.get("scale", (int, float), "a number", 1.0)
+    if scale != scale or abs(scale) == float("inf"):
+        raise adapter.fail(f"scale must be a finite number, not {scale}")
+    session.adapter_scale = float(scale)
+    session.sampling = _sampling(name, top.table_("sampling"), problems)
+    raw = top.get("messages", (list,), "a list of [[messages]] tables", [])
+    for i, entry in enumerate(raw, 1):
+        session.messages.append(_message(name, i, entry, created, problems))
+    return session
+
+
+def _sampling(name: str, table: dict[str, Any], problems: list[str]) -> SamplingParams:
+    params = SamplingParams()
+    for key, value in table.items():
+        try:
+            params = params.with_values(**{key: value})
+        except BadSetting as exc:
+            problems.append(f"[sampling] {exc} (the default is used)")
+        except TypeError:  # pragma: no cover - with_values checks keys and types itself
+            problems.append(f"[sampling] {key} = {_short(value)} ignored")
+    return params
+
+
+def _message(name: str, index: int, entry: Any, default_time: datetime,
+             problems: list[str]) -> SessionMessage:
+    where = f"message {index}: "
+    if not isinstance(entry, dict):
+        raise BadSession(f"session {name!r} cannot be read: {where}must be a [[messages]] "
+                         f"table, not {_short(entry)}; the file was left unchanged")
+    r = _Reader(name, entry, where, problems)
+    r.unknown({"role", "content", "time", "adapter", "cancelled", "stats"})
+    role = r.get("role", (str,), "user or assistant", None)
+    if role not in ROLES:
+        raise r.fail(f"role must be 'user' or 'assistant', not {_short(role)}")
+    if "content" not in entry:
+        raise r.fail("has no content")
+    stats = r.table_("stats")
+    for key, value in stats.items():
+        if not isinstance(value, _STAT_TYPES):
+            raise r.fail(f"stats.{key} must be a number or text, not {_short(value)}")
+    return SessionMessage(
+        role=role,
+        content=r.text("content"),
+        time=r.time("time", default_time),
+        adapter=r.text("adapter"),
+        cancelled=bool(r.get("cancelled", (bool,), "true or false", False)),
+        stats=stats,
+    )
