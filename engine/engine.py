@@ -15,13 +15,15 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from . import memory as mem
-from .errors import Cancelled, ContextOverflow, NoModel, WorkbenchError
+from .adapter_swap import DEFAULT_MAX_PREPARED, AdapterKey, AdapterManager, AdapterState
+from .adapters import AdapterInfo, discover_adapters, inspect_adapter
+from .errors import AdapterError, Cancelled, ContextOverflow, NoModel, WorkbenchError
 from .events import (
     Error,
     LoadProgress,
@@ -84,7 +86,8 @@ class EngineCore:
     """State owned by the engine thread. Never touch it from another thread."""
 
     def __init__(self, prefill_step_size: int, max_kv_size: int | None,
-                 memory_probe: mem.MemoryProbe) -> None:
+                 memory_probe: mem.MemoryProbe,
+                 max_prepared_adapters: int = DEFAULT_MAX_PREPARED) -> None:
         self.prefill_step_size = prefill_step_size
         self.max_kv_size = max_kv_size
         self.memory_probe = memory_probe
@@ -95,6 +98,13 @@ class EngineCore:
         # One cache per cache key (the active adapter's identity; None for the base model).
         self.cache_key: Any = None
         self.slots: dict[Any, CacheSlot] = {}
+        # Adapters: prepared wrapper sets, the one installed, the order cache keys were used
+        # in (to bound the caches kept), and the swap the next turn should report.
+        self.adapters = AdapterManager(max_prepared_adapters)
+        self.max_slots = self.adapters.max_prepared + 2
+        self._key_order: dict[Any, None] = {}
+        self._pending_swap: tuple[float, list[int]] | None = None
+        self.last_swap: AdapterState | None = None
 
     # -- model ---------------------------------------------------------------------------
     def unload(self) -> None:
@@ -104,12 +114,23 @@ class EngineCore:
         self.config = {}
         self.slots.clear()
         self.cache_key = None
+        self.adapters.reset()
+        self._key_order.clear()
+        self._pending_swap = None
+        self.last_swap = None
         mx.synchronize()
         mx.clear_cache()
 
     def load(self, spec: str, adapter: str | None, emit: Emit) -> ModelInfo:
+        """Load the base model, then activate ``adapter`` (if any) through the swap mechanism,
+        so it can be swapped later. An adapter that does not fit the model fails the load
+        (nothing stays loaded), as ``mlx_lm generate --adapter-path`` does."""
         emit(LoadProgress("resolve", f"looking for {spec}"))
         path = resolve_model(spec, emit)
+        if adapter:  # what the files alone can tell, before the loaded model is dropped
+            checked = inspect_adapter(adapter)
+            if not checked.valid:
+                raise AdapterError(checked.reason, path=checked.path)
         weight_bytes = mem.check_fit(path, self.memory_probe, self.context_budget_hint())
         emit(LoadProgress("load", f"loading {path.name} ({mem.gb(weight_bytes)})"))
         self.unload()
@@ -117,21 +138,26 @@ class EngineCore:
         from mlx_lm import load
 
         start = time.perf_counter()
-        adapter_path = str(Path(adapter).expanduser()) if adapter else None
-        if adapter_path is not None:
-            from .adapters import check_adapter_folder
-
-            check_adapter_folder(Path(adapter_path))
         try:
-            model, tokenizer, config = load(str(path), adapter_path=adapter_path,
-                                            return_config=True)
+            model, tokenizer, config = load(str(path), return_config=True)
         except ValueError as exc:
             raise WorkbenchError(f"{path.name} cannot be loaded: {_first_line(exc)}") from None
         mx.reset_peak_memory()
         self.model, self.tokenizer, self.config = model, tokenizer, config
+        name = display_name(spec, path)
+        self.adapters.attach(model, str(path), name)
+        info = model_info(name, path, model, config, weight_bytes, 0.0, None)
+        if adapter:
+            emit(LoadProgress("load", f"preparing adapter {Path(adapter).name}"))
+            try:
+                state = self.use_adapter(adapter, None)
+            except WorkbenchError:
+                self.unload()
+                raise
+            self._pending_swap = None  # part of the load, not a swap mid-conversation
+            info = replace(info, adapter=state.path)
         elapsed = time.perf_counter() - start
-        self.info = model_info(display_name(spec, path), path, model, config, weight_bytes,
-                               elapsed, adapter_path)
+        self.info = replace(info, load_time_s=round(elapsed, 3))
         emit(LoadProgress("ready", f"{self.info.name} ready in {elapsed:.2f} s"))
         return self.info
 
@@ -191,8 +217,97 @@ class EngineCore:
         self.slots.clear()
 
     def adapter_identity(self) -> str:
-        """Names the weights the active cache was computed under ("" = the base model)."""
+        """Names the weights the active cache was computed under ("" = the base model).
+
+        For an adapter: ``NAME@DIGEST x SCALE`` (e.g. ``tone-a@3f2a9c01b4de x1``), where
+        DIGEST hashes its LoRA settings and weights and SCALE is the multiple of its trained
+        scale: K/V stored under one identity are valid only under the same identity.
+        """
         return "" if self.cache_key is None else str(self.cache_key)
+
+    # -- adapters ------------------------------------------------------------------------
+    def adapter_state(self, swap_ms: float = 0.0, prepare_ms: float = 0.0) -> AdapterState:
+        """The active adapter (or the base model) and its scale."""
+        prepared = self.adapters.active
+        scale = self.adapters.scale if prepared is not None else None
+        slot = self.slots.get(self.cache_key)
+        return AdapterState(
+            info=prepared.info if prepared is not None else None,
+            scale=scale,
+            lora_scale=prepared.info.scale * scale if prepared and scale is not None else None,
+            identity=self.adapter_identity(),
+            swap_ms=swap_ms,
+            prepare_ms=prepare_ms,
+            cached_tokens=len(slot.tokens) if slot else 0,
+            prepared=self.adapters.prepared_names(),
+        )
+
+    def _require_model(self) -> None:
+        if self.model is None:
+            raise NoModel("no model is loaded yet: wait for the load to finish, or load one "
+                          "with --model")
+
+    def use_adapter(self, path: str | Path | None, scale: float | None = None) -> AdapterState:
+        """Activate the adapter folder at ``path`` (None = no adapter) at ``scale`` times its
+        trained scale (None = 1). The base weights stay; the conversation's caches stay, one
+        per adapter and scale. On error the previous adapter stays active."""
+        self._require_model()
+        old_key = self.cache_key
+        _prepared, prepare_s, swap_s = self.adapters.activate(path, scale)
+        self._switch_key(self.adapters.active_key(), old_key, swap_s)
+        state = self.adapter_state(swap_ms=swap_s * 1000, prepare_ms=prepare_s * 1000)
+        self.last_swap = state
+        return state
+
+    def set_adapter_scale(self, scale: float) -> AdapterState:
+        """Change the active adapter's scale (0 to 2 times trained) without a reload."""
+        self._require_model()
+        old_key = self.cache_key
+        start = time.perf_counter()
+        self.adapters.set_scale(scale)
+        swap_s = time.perf_counter() - start
+        self._switch_key(self.adapters.active_key(), old_key, swap_s)
+        state = self.adapter_state(swap_ms=swap_s * 1000)
+        self.last_swap = state
+        return state
+
+    def _switch_key(self, new_key: AdapterKey | None, old_key: Any, swap_s: float) -> None:
+        """Make ``new_key`` the active cache key; bound the caches kept."""
+        self.cache_key = new_key
+        if new_key != old_key:
+            previous = self._pending_swap
+            if previous is None:
+                old = self.slots.get(old_key)
+                self._pending_swap = (swap_s * 1000, list(old.tokens) if old else [])
+            else:
+                self._pending_swap = (swap_s * 1000, previous[1])
+        self._key_order.pop(new_key, None)
+        self._key_order[new_key] = None
+        gone = {p.digest for p in self.adapters.evicted}
+        self.adapters.evicted.clear()
+        for key in list(self.slots):
+            if isinstance(key, AdapterKey) and key.digest in gone and key != new_key:
+                self.slots.pop(key, None)
+                self._key_order.pop(key, None)
+        while len(self.slots) > self.max_slots:
+            oldest = next((k for k in self._key_order if k != new_key and k in self.slots),
+                          None)
+            if oldest is None:
+                break
+            self.slots.pop(oldest, None)
+            self._key_order.pop(oldest, None)
+
+    def check_adapter(self, path: str | Path) -> AdapterInfo:
+        """Describe and check one adapter folder (against the loaded model, if any)."""
+        return self.adapters.check(path)
+
+    def list_adapters(self, dirs: Iterable[str | Path], extra_paths: Iterable[str | Path],
+                      emit: Emit) -> list[AdapterInfo]:
+        """Every adapter found, each checked; problems with the folders become Notices."""
+        paths, problems = discover_adapters(dirs, extra_paths)
+        for problem in problems:
+            emit(Notice(problem))
+        return [self.check_adapter(p) for p in paths]
 
     def memory(self) -> mem.MemoryReading:
         slot = self.slots.get(self.cache_key)
@@ -200,7 +315,7 @@ class EngineCore:
                                slot.nbytes if slot else 0)
 
     # -- a chat turn ---------------------------------------------------------------------
-    def chat(self, messages: list[Message], params: SamplingParams, emit: Emit,
+    def chat(self, messages: Sequence[Message], params: SamplingParams, emit: Emit,
              cancel: threading.Event, submitted: float, ignore_eos: bool = False) -> TurnDone:
         import mlx.core as mx
         from mlx_lm import stream_generate
@@ -225,6 +340,17 @@ class EngineCore:
         reused = self.reuse_prefix(prompt)
         slot = self.slot()
         suffix = prompt[reused:]
+        swap_ms: float | None = None
+        reprefill = 0
+        pending_swap, self._pending_swap = self._pending_swap, None
+        if pending_swap is not None:
+            swap_ms, before_swap = pending_swap
+            shared = 0
+            for a, b in zip(before_swap, prompt, strict=False):
+                if a != b:
+                    break
+                shared += 1
+            reprefill = max(0, min(shared, len(prompt) - 1) - reused)
         sampler, processors = make_sampler_and_processors(params)
         if ignore_eos:
             processors = [*processors, _mask_tokens(self.tokenizer.eos_token_ids)]
@@ -279,6 +405,8 @@ class EngineCore:
             self.slots.pop(self.cache_key, None)  # unknown state: rebuild next turn
             raise
         slot.reconcile()
+        if finish == "cancelled" and not generated:
+            self._pending_swap = pending_swap  # the re-prefill is still to come
         if finish == "length" and context_cut:
             finish = "context"
         stats = TurnStats(
@@ -293,6 +421,11 @@ class EngineCore:
             peak_memory=int(mx.get_peak_memory()),
             kv_bytes=slot.nbytes,
             context_tokens=len(slot.tokens),
+            adapter=self.adapters.active.info.name if self.adapters.active else None,
+            scale=self.adapters.scale if self.adapters.active else None,
+            adapter_identity=self.adapter_identity(),
+            swap_ms=swap_ms,
+            reprefill_tokens=reprefill,
         )
         emit(Memory(self.memory()))
         return TurnDone("".join(pieces), stats)
@@ -339,15 +472,18 @@ class Engine:
 
     def __init__(self, *, prefill_step_size: int = DEFAULT_PREFILL_STEP,
                  max_kv_size: int | None = None,
-                 memory_probe: mem.MemoryProbe | None = None) -> None:
+                 memory_probe: mem.MemoryProbe | None = None,
+                 max_prepared_adapters: int = DEFAULT_MAX_PREPARED) -> None:
         self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._current: EventStream | None = None
         self._pending: list[EventStream] = []
         self._lock = threading.Lock()
         self._closed = False
         self.info: ModelInfo | None = None  # last loaded model, readable from any thread
+        # The active adapter (info None = base model) once a model is loaded; any thread.
+        self.adapter: AdapterState | None = None
         self._core_args = (prefill_step_size, max_kv_size,
-                           memory_probe or mem.available_memory)
+                           memory_probe or mem.available_memory, max_prepared_adapters)
         self._thread = threading.Thread(target=self._run, name=f"mlx-engine-{next(self._ids)}",
                                         daemon=True)
         self._thread.start()
@@ -370,8 +506,17 @@ class Engine:
 
         def handler(core: EngineCore, emit: Emit, _cancel: threading.Event) -> ModelLoaded:
             self.info = None
-            info = core.load(model, adapter, emit)
+            self.adapter = None
+            try:
+                info = core.load(model, adapter, emit)
+            except WorkbenchError:
+                # A failure before the old model was dropped (e.g. a bad adapter folder)
+                # leaves it loaded: say so.
+                self.info = core.info
+                self.adapter = core.adapter_state() if core.model is not None else None
+                raise
             self.info = info
+            self.adapter = core.adapter_state()
             return ModelLoaded(info)
 
         return self._submit(handler)
@@ -387,6 +532,74 @@ class Engine:
             return core.chat(msgs, params, emit, cancel, submitted, ignore_eos)
 
         return self._submit(handler)
+
+    # -- adapters ------------------------------------------------------------------------
+    def use_adapter(self, path: str | Path | None, scale: float | None = None) -> EventStream:
+        """Activate the LoRA/DoRA adapter folder at ``path``, or none (``None``), mid-chat.
+
+        ``scale`` multiplies the adapter's trained scale, 0 to 2 (None = 1, as trained). The
+        base weights are not reloaded; an adapter used before is still prepared (up to
+        ``max_prepared_adapters``, least recently used out) and swaps in about a millisecond.
+        Each adapter and scale keeps its own conversation cache: the next ``chat`` reuses it
+        and re-prefills (with PrefillProgress, cancellable) only what it lacks, so its reply
+        equals a fresh ``mlx_lm.load(model, adapter_path=path)`` on the same conversation.
+
+        Ends in ``Result(AdapterState)``, or ``Error(kind="adapter"|"bad-setting"|"no-model")``
+        with one line; after an error the previous adapter is still active and every cache
+        is untouched. ``self.adapter`` follows the active adapter.
+        """
+
+        def handler(core: EngineCore, _emit: Emit, _cancel: threading.Event) -> AdapterState:
+            state = core.use_adapter(path, scale)
+            self.adapter = state
+            self._note_adapter(state)
+            return state
+
+        return self.submit(handler)
+
+    def set_adapter_scale(self, scale: float) -> EventStream:
+        """Change the active adapter's scale (0 to 2 times trained) without a reload.
+
+        Ends in ``Result(AdapterState)``; ``Error`` when no adapter is active or the value is
+        out of range (the scale then stays as it was).
+        """
+
+        def handler(core: EngineCore, _emit: Emit, _cancel: threading.Event) -> AdapterState:
+            state = core.set_adapter_scale(scale)
+            self.adapter = state
+            self._note_adapter(state)
+            return state
+
+        return self.submit(handler)
+
+    def list_adapters(self, dirs: Iterable[str | Path] = (),
+                      extra_paths: Iterable[str | Path] = ()) -> EventStream:
+        """Find and check adapters: ``dirs`` are folders of adapter folders (``--adapters``,
+        the config's adapters folder), ``extra_paths`` single adapter folders (``--adapter``).
+
+        Each is checked from its files and, when a model is loaded, against that model
+        (layer count, target layers, tensor names and shapes; base-model mismatch as a note).
+        A missing folder in ``dirs`` becomes a ``Notice``. Ends in
+        ``Result(list[AdapterInfo])``, invalid ones included with their reason.
+        """
+        dir_list, extra_list = list(dirs), list(extra_paths)
+        return self.submit(lambda core, emit, _cancel:
+                           core.list_adapters(dir_list, extra_list, emit))
+
+    def check_adapter(self, path: str | Path) -> EventStream:
+        """Describe one adapter folder (config included, for a details view), checked against
+        the loaded model if any. Ends in ``Result(AdapterInfo)``; never an Error for a bad
+        adapter (``info.valid`` is False and ``info.reason`` says why)."""
+        return self.submit(lambda core, _emit, _cancel: core.check_adapter(path))
+
+    def adapter_state(self) -> EventStream:
+        """Ends in ``Result(AdapterState)``: the active adapter, its scale, what is prepared,
+        and how many tokens are cached under it."""
+        return self.submit(lambda core, _emit, _cancel: core.adapter_state())
+
+    def _note_adapter(self, state: AdapterState) -> None:
+        if self.info is not None:
+            self.info = replace(self.info, adapter=state.path)
 
     def memory(self) -> EventStream:
         """A memory reading. Ends in Result(MemoryReading)."""

@@ -106,6 +106,16 @@ class TurnStats:
     peak_memory: int
     kv_bytes: int
     context_tokens: int = 0  # tokens held in the cache after the turn
+    # The adapter that produced this reply: its name (None = the base model), its scale as a
+    # multiple of the trained scale (None for the base model) and its identity (the cache
+    # key as text, "" for the base model; see EngineCore.adapter_identity).
+    adapter: str | None = None
+    scale: float | None = None
+    adapter_identity: str = ""
+    # Set on the first turn after an adapter swap: the swap's latency, and how many tokens
+    # that were cached under the previous choice had to be prefilled again under this one.
+    swap_ms: float | None = None
+    reprefill_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
