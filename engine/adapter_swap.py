@@ -215,7 +215,7 @@ def target_modules(model: Any, info: AdapterInfo) -> dict[str, Any]:
 
 
 def _trained_on(info: AdapterInfo) -> str:
-    return f" ({info.base_model})" if info.base_model else ""
+    return f" (it was trained on {info.base_model})" if info.base_model else ""
 
 
 def _shape(shape: Any) -> str:
@@ -279,7 +279,7 @@ def _check_tensors_fit(info: AdapterInfo, model: Any, label: str) -> None:
         if tuple(spec.shape) != want:
             raise AdapterError(f"{info.name}: {spec.name} has shape {_shape(spec.shape)}, "
                                f"{label} needs {_shape(want)}: the adapter belongs to another "
-                               f"model{_trained_on(info)} or another rank")
+                               f"model{_trained_on(info)}")
 
 
 # -- preparing and swapping -----------------------------------------------------------------
