@@ -1,38 +1,35 @@
 """Find a model (local folder or Hugging Face repo id), download it with progress, load it.
 
 ``resolve_model`` never imports mlx-lm; ``load_model`` does, and runs on the engine thread.
+The transfer itself (progress, cancel, resume) lives in ``engine.download``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
-import time
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import DownloadError, ModelNotFound, NotAModel, OfflineError
+from .download import (
+    ALLOW_PATTERNS,
+    DownloadCancelled,
+    DownloadProgress,
+    cached_snapshot,
+    fetch_model,
+    looks_like_repo_id,
+    offline,
+)
+from .errors import ModelNotFound, NotAModel, OfflineError
 from .events import LoadProgress, ModelInfo
 
 Emit = Callable[[Any], None]
 
-# What mlx-lm itself downloads for a model (mlx_lm.utils.DEFAULT_ALLOW_PATTERNS), minus
-# *.py: the workbench never runs a model's own code.
-ALLOW_PATTERNS = [
-    "*.json", "model*.safetensors", "tokenizer.model", "*.tiktoken", "tiktoken.model",
-    "*.txt", "*.jsonl", "*.jinja",
+__all__ = [
+    "ALLOW_PATTERNS", "DownloadCancelled", "DownloadProgress", "check_model_folder",
+    "display_name", "download", "looks_like_repo_id", "model_info", "offline", "resolve_model",
 ]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
-
-
-def looks_like_repo_id(text: str) -> bool:
-    return bool(_REPO_ID.match(text)) and not text.startswith((".", "/", "~"))
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def check_model_folder(path: Path) -> None:
@@ -61,76 +58,31 @@ def check_model_folder(path: Path) -> None:
                         "can load")
 
 
-def _progress_class(emit: Emit, repo_id: str) -> type:
-    """A tqdm stand-in that turns huggingface_hub's byte counts into LoadProgress events."""
-    from tqdm.auto import tqdm as base
+def download(repo_id: str, emit: Emit, cancel: threading.Event | None = None) -> Path:
+    """The cached snapshot of ``repo_id``, downloaded first (with LoadProgress events) if needed.
 
-    class _Progress(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = False
-            kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the bar
-            super().__init__(*args, **kwargs)
-            self._last = 0.0
-
-        def update(self, n: float | None = 1) -> bool | None:
-            out = super().update(n)
-            now = time.monotonic()
-            if self.unit == "B" and (now - self._last > 0.1 or self.n >= (self.total or 0)):
-                self._last = now
-                emit(LoadProgress("download", f"downloading {repo_id}", int(self.n),
-                                  int(self.total or 0)))
-            return out
-
-        def close(self) -> None:
-            super().close()
-            self.fp.close()
-
-    return _Progress
-
-
-def download(repo_id: str, emit: Emit) -> Path:
-    """Fetch ``repo_id`` into the standard Hugging Face cache (or find it there)."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    try:
-        # Look in the cache first: a cached model opens offline and without a round trip.
-        return Path(snapshot_download(repo_id, allow_patterns=ALLOW_PATTERNS,
-                                      local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError):
-        pass
-    except HFValidationError:
-        raise ModelNotFound(f"{repo_id!r} is neither a folder nor a valid Hugging Face repo "
-                            "id (owner/name)") from None
+    A cached model opens offline and without a round trip to the Hub.
+    """
+    cached = cached_snapshot(repo_id)
+    if cached is not None:
+        return cached
     if offline():
         raise OfflineError(f"{repo_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE "
                            "is set: unset it to download, or give a local model folder")
-    emit(LoadProgress("download", f"downloading {repo_id}"))
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=ALLOW_PATTERNS, etag_timeout=10,
-                                      tqdm_class=_progress_class(emit, repo_id)))
-    except GatedRepoError:
-        raise DownloadError(f"{repo_id} is gated: accept its licence on huggingface.co and log "
-                            "in with `hf auth login`, then try again") from None
-    except RepositoryNotFoundError:
-        raise DownloadError(f"{repo_id} was not found on the Hugging Face Hub: check the "
-                            "spelling (owner/name), or log in if it is private") from None
-    except RevisionNotFoundError:
-        raise DownloadError(f"{repo_id} has no such revision") from None
-    except (LocalEntryNotFoundError, OSError) as exc:
-        raise OfflineError(f"could not download {repo_id}: the Hugging Face Hub cannot be "
-                           f"reached ({type(exc).__name__}): check the network, or give a "
-                           "local model folder") from None
+
+    def progress(p: DownloadProgress) -> None:
+        rate = p.rate()
+        message = f"downloading {repo_id}" + (f" ({rate})" if rate else "")
+        emit(LoadProgress("download", message, p.done, p.total))
+
+    return fetch_model(repo_id, progress=progress, cancel=cancel)
 
 
-def resolve_model(spec: str, emit: Emit) -> Path:
-    """A local folder for ``spec`` (a path, or a repo id downloaded if needed)."""
+def resolve_model(spec: str, emit: Emit, cancel: threading.Event | None = None) -> Path:
+    """A local folder for ``spec`` (a path, or a repo id downloaded if needed).
+
+    ``cancel`` stops a download in progress (``DownloadCancelled``; what arrived is kept).
+    """
     spec = spec.strip()
     if not spec:
         raise ModelNotFound("no model given: pass --model with a folder or a repo id")
@@ -138,7 +90,7 @@ def resolve_model(spec: str, emit: Emit) -> Path:
     if path.exists() or not looks_like_repo_id(spec):
         check_model_folder(path)
         return path.resolve()
-    local = download(spec, emit)
+    local = download(spec, emit, cancel)
     check_model_folder(local)
     return local
 
@@ -167,4 +119,9 @@ def model_info(name: str, path: Path, model: Any, config: dict[str, Any], weight
 
 
 def display_name(spec: str, path: Path) -> str:
-    return spec if looks_like_repo_id(spec) and not Path(spec).exists() else path.name
+    """The repo id for a Hub model (also when given its cache folder), else the folder name."""
+    if looks_like_repo_id(spec) and not Path(spec).exists():
+        return spec
+    from .catalog import repo_id_of
+
+    return repo_id_of(path) or path.name

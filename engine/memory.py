@@ -1,7 +1,8 @@
 """Memory readings and the fit check made before a model is loaded.
 
-``read_memory`` calls into MLX and so runs on the engine thread; ``available_memory`` and
-``estimate_model_bytes`` only read files and the OS and may run anywhere.
+``read_memory`` calls into MLX and so runs on the engine thread; ``available_memory``,
+``estimate_model_bytes`` and ``fit_report`` only read files and the OS and may run anywhere
+(the models screen asks them for every model it lists).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -89,33 +92,111 @@ def estimate_kv_bytes(config: dict[str, object], tokens: int) -> int:
     return 2 * layers * kv_heads * head_dim * tokens * bytes_per
 
 
-def estimate_model_bytes(path: Path, context_tokens: int = 4096) -> tuple[int, int]:
-    """(weight bytes on disk, estimated bytes needed to run with ``context_tokens``)."""
-    weights = sum(f.stat().st_size for f in weight_files(path))
+def model_context_length(config: dict[str, Any]) -> int:
+    """The longest context the model was built for, from its config.json (0 if unknown)."""
+    text = config.get("text_config")
+    for cfg in (text if isinstance(text, dict) else {}, config):
+        for key in ("max_position_embeddings", "max_seq_len", "seq_length", "n_positions",
+                    "max_sequence_length"):
+            value = cfg.get(key)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return 0
+
+
+def _read_config(path: Path) -> dict[str, Any]:
     try:
         config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError):
-        config = {}
-    kv = estimate_kv_bytes(config, context_tokens) if isinstance(config, dict) else 0
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def estimate_model_bytes(path: Path, context_tokens: int = 4096) -> tuple[int, int]:
+    """(weight bytes on disk, estimated bytes needed to run with ``context_tokens``)."""
+    report = fit_report(path, available=0, context_tokens=context_tokens)
+    return report.weights, report.need
+
+
+TIGHT_FRACTION = 0.85
+"""A model needing more than this share of the free memory gets a warning (it still loads)."""
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """A model's estimated memory need against what is free now, with the numbers."""
+
+    name: str
+    weights: int  # bytes of weights on disk (what MLX will hold)
+    kv: int  # K and V for ``context_tokens`` positions
+    overhead: int  # activations and MLX's buffers
+    available: int
+    context_tokens: int
+
+    @property
+    def need(self) -> int:
+        return self.weights + self.kv + self.overhead
+
+    @property
+    def verdict(self) -> str:
+        """fits | tight (loads, but leaves little) | too-big (refused)."""
+        if self.need > self.available:
+            return "too-big"
+        if self.need > TIGHT_FRACTION * self.available:
+            return "tight"
+        return "fits"
+
+    def message(self) -> str:
+        parts = (f"{self.name} needs about {gb(self.need)} (weights {gb(self.weights)} + cache "
+                 f"for {self.context_tokens} tokens)")
+        if self.verdict == "too-big":
+            return (f"{parts} but only {gb(self.available)} is free: close other programs "
+                    "or choose a smaller or more quantized model")
+        if self.verdict == "tight":
+            return (f"{parts} of the {gb(self.available)} free: it fits, but little is left "
+                    "for other programs or a longer context")
+        return f"{parts}; {gb(self.available)} is free"
+
+
+def fit_report(path: Path, available: int | None = None, context_tokens: int = 4096,
+               name: str | None = None) -> FitReport:
+    """Estimate what the model at ``path`` needs with ``context_tokens`` of context.
+
+    The context is capped at the model's own maximum; ``available`` defaults to
+    ``available_memory()``.
+    """
+    weights = sum(f.stat().st_size for f in weight_files(path))
+    config = _read_config(path)
+    longest = model_context_length(config)
+    tokens = min(context_tokens, longest) if longest else context_tokens
+    kv = estimate_kv_bytes(config, tokens)
     # Activations and MLX's buffers: a tenth of the weights, at least 64 MiB.
     overhead = max(weights // 10, 64 << 20)
-    return weights, weights + kv + overhead
+    have = available_memory() if available is None else available
+    return FitReport(name or path.name, weights, kv, overhead, have, tokens)
 
 
 def gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
-def check_fit(path: Path, probe: MemoryProbe, context_tokens: int = 4096) -> int:
-    """Refuse, with the numbers, a model that cannot fit; return its weight bytes."""
-    weights, need = estimate_model_bytes(path, context_tokens)
-    have = probe()
-    if need > have:
-        raise ModelTooBig(
-            f"{path.name} needs about {gb(need)} (weights {gb(weights)} + cache for "
-            f"{context_tokens} tokens) but only {gb(have)} is free: close other programs "
-            "or choose a smaller or more quantized model",
-            need=need,
-            available=have,
-        )
-    return weights
+def fmt_bytes(n: float) -> str:
+    """Bytes for people: 512 B, 3.4 KB, 12.0 MB, 1.25 GB."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}" if unit == "GB" else f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def check_fit(path: Path, probe: MemoryProbe, context_tokens: int = 4096,
+              warn: Callable[[str], None] | None = None) -> int:
+    """Refuse, with the numbers, a model that cannot fit; return its weight bytes.
+
+    A model that fits only just is loaded, and ``warn`` (if given) gets one line about it.
+    """
+    report = fit_report(path, probe(), context_tokens)
+    if report.verdict == "too-big":
+        raise ModelTooBig(report.message(), need=report.need, available=report.available)
+    if report.verdict == "tight" and warn is not None:
+        warn(report.message())
+    return report.weights

@@ -1,0 +1,449 @@
+"""Find the models on this machine and say what each one is, without loading any.
+
+The models screen and ``workbench models`` list what the Hugging Face cache and the user's
+model folders hold, with the facts a user picks by: size on disk, bits per weight,
+parameters, context length, and whether it fits in memory now. All of it comes from
+``config.json`` and the safetensors headers (a few KB per file), so a scan of dozens of models
+takes milliseconds and never touches MLX: it may run on any thread.
+
+Whether mlx-lm can run a model is decided the way ``mlx_lm.utils._get_classes`` decides it
+(``model_type`` through mlx-lm's remapping tables to a module in ``mlx_lm.models``), read from
+the installed package's files so that a scan does not pay for importing mlx-lm.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.util
+import json
+import math
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .download import cached_snapshot, default_cache_dir
+from .memory import available_memory, fit_report, model_context_length
+
+SOURCE_CACHE = "hf-cache"
+SOURCE_FOLDER = "folder"
+SOURCE_RECENT = "recent"
+_MAX_HEADER = 100 << 20  # a safetensors header larger than this is a damaged file
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model a user can pick. ``spec`` is what to pass to ``Engine.load``."""
+
+    name: str  # repo id for cached models, the folder's name otherwise
+    spec: str  # repo id (cached, main revision) or folder path
+    path: Path  # the folder mlx-lm loads
+    source: str  # hf-cache | folder | recent
+    repo_id: str | None = None
+    revision: str | None = None  # the cached commit
+    architecture: str = "?"
+    supported: bool = False
+    problem: str = ""  # why it cannot be loaded ("" when it can)
+    size_on_disk: int = 0
+    weight_bytes: int = 0
+    num_parameters: int = 0
+    bits_per_weight: float = 0.0
+    quant_bits: int | None = None  # None: not quantized
+    group_size: int | None = None
+    context_length: int = 0
+    is_demo: bool = False
+    need_bytes: int = 0  # weights + KV cache for the scan's context + overhead
+    available_bytes: int = 0
+    fit: str = "?"  # fits | tight | too-big
+    recent_rank: int | None = None  # 0 = the most recently used
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+    @property
+    def params_label(self) -> str:
+        """596M, 1.2B, 7B: how people name model sizes."""
+        n = self.num_parameters
+        if n >= 1e9:
+            return f"{n / 1e9:.1f}B".replace(".0B", "B")
+        if n >= 1e6:
+            return f"{n / 1e6:.0f}M"
+        return f"{n / 1e3:.0f}K" if n else "?"
+
+
+@dataclass(frozen=True)
+class PartialDownload:
+    """A download that was stopped: run it again to finish it."""
+
+    repo_id: str
+    bytes_on_disk: int
+
+
+# -- what mlx-lm can run ------------------------------------------------------------------
+
+@functools.cache
+def _mlx_lm_tables() -> tuple[frozenset[str], dict[str, str], dict[tuple[str, str], str], str]:
+    """(model modules, MODEL_REMAPPING, MODEL_ARCHITECTURE_REMAPPING, version) of mlx-lm."""
+    spec = importlib.util.find_spec("mlx_lm")
+    if spec is None or not spec.submodule_search_locations:
+        return frozenset(), {}, {}, "?"
+    root = Path(next(iter(spec.submodule_search_locations)))
+    modules = frozenset(p.stem for p in (root / "models").glob("*.py")
+                        if not p.stem.startswith("_"))
+    tables: dict[str, Any] = {}
+    try:
+        for node in ast.parse((root / "utils.py").read_text()).body:
+            if isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Name) and target.id in (
+                            "MODEL_REMAPPING", "MODEL_ARCHITECTURE_REMAPPING"):
+                        tables[target.id] = ast.literal_eval(node.value)
+    except (OSError, SyntaxError, ValueError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        ver = version("mlx-lm")
+    except Exception:  # noqa: BLE001 - only used in a message
+        ver = "?"
+    return (modules, tables.get("MODEL_REMAPPING", {}),
+            tables.get("MODEL_ARCHITECTURE_REMAPPING", {}), ver)
+
+
+def architecture_problem(config: dict[str, Any]) -> str:
+    """"" when mlx-lm has code for this config's model_type, else why not."""
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        return "config.json has no model_type: not a model mlx-lm can load"
+    modules, remap, arch_remap, ver = _mlx_lm_tables()
+    if not modules:
+        return ""  # cannot tell: let the load decide
+    archs = config.get("architectures") or ()
+    if isinstance(archs, str):
+        archs = (archs,)
+    resolved = next((arch_remap[(model_type, a)] for a in archs
+                     if (model_type, a) in arch_remap), remap.get(model_type, model_type))
+    if resolved in modules:
+        return ""
+    return f"mlx-lm {ver} cannot run {model_type} models: upgrade mlx-lm or pick another model"
+
+
+# -- what the files say -------------------------------------------------------------------
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file: tensor names, dtypes, shapes, byte offsets."""
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) != 8:
+            raise ValueError("too short")
+        (size,) = struct.unpack("<Q", raw)
+        if size > _MAX_HEADER:
+            raise ValueError("header too large")
+        header = json.loads(fh.read(size))
+    if not isinstance(header, dict):
+        raise ValueError("header is not a table")
+    return header
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    architecture: str
+    problem: str
+    size_on_disk: int
+    weight_bytes: int
+    num_parameters: int
+    bits_per_weight: float
+    quant_bits: int | None
+    group_size: int | None
+    context_length: int
+    is_demo: bool
+
+
+def _quant_settings(config: dict[str, Any]) -> dict[str, Any]:
+    quant = config.get("quantization") or config.get("quantization_config")
+    return quant if isinstance(quant, dict) else {}
+
+
+def describe_model(path: Path) -> ModelFacts:
+    """Facts about the model folder at ``path`` from its files only (no weights are read).
+
+    Parameters and bits per weight follow mlx-lm's ``get_total_parameters`` and
+    ``compute_bits_per_weight``: a quantized weight counts ``size * 32 / bits`` parameters,
+    and its scales and biases count as bytes, not parameters.
+    """
+    path = Path(path)
+    config: dict[str, Any] = {}
+    problem = ""
+    try:
+        loaded = json.loads((path / "config.json").read_text())
+        config = loaded if isinstance(loaded, dict) else {}
+        if not config:
+            problem = "config.json is not a JSON table: the folder is damaged"
+    except (OSError, ValueError):
+        problem = "config.json cannot be read: the folder is damaged; download or copy it again"
+    size_on_disk = 0
+    try:
+        children = list(path.iterdir())
+    except OSError:
+        children = []
+    for f in children:
+        try:
+            if f.is_file():
+                size_on_disk += f.stat().st_size
+        except OSError:
+            pass
+    files = sorted(path.glob("*.safetensors"))
+    if not problem and not files:
+        problem = "no *.safetensors weights (PyTorch or GGUF only?): not an MLX model folder"
+    if not problem:
+        problem = _missing_shards(path) or architecture_problem(config)
+    quant = _quant_settings(config)
+    default_bits = quant.get("bits") if isinstance(quant.get("bits"), int) else None
+    default_group = quant.get("group_size") if isinstance(quant.get("group_size"), int) else None
+    tensors: dict[str, tuple[list[int], int]] = {}
+    for f in files:
+        try:
+            header = read_safetensors_header(f)
+        except (OSError, ValueError, struct.error):
+            problem = problem or f"{f.name} is damaged (unreadable header): download it again"
+            continue
+        for name, meta in header.items():
+            if name == "__metadata__" or not isinstance(meta, dict):
+                continue
+            start, end = meta.get("data_offsets", (0, 0))
+            tensors[name] = (list(meta.get("shape", [])), int(end) - int(start))
+    weight_bytes = sum(f.stat().st_size for f in files if f.exists())
+    params = 0
+    total_bytes = 0
+    for name, (shape, nbytes) in tensors.items():
+        total_bytes += nbytes
+        module, _, leaf = name.rpartition(".")
+        quantized = f"{module}.scales" in tensors
+        if quantized and leaf in ("scales", "biases"):
+            continue
+        count = math.prod(shape)
+        if quantized and leaf == "weight":
+            override = quant.get(module)
+            bits = override.get("bits") if isinstance(override, dict) else default_bits
+            count = count * 32 // bits if isinstance(bits, int) and bits > 0 else count
+        params += count
+    return ModelFacts(
+        architecture=str(config.get("model_type", "?")),
+        problem=problem,
+        size_on_disk=size_on_disk,
+        weight_bytes=weight_bytes,
+        num_parameters=params,
+        bits_per_weight=round(total_bytes * 8 / params, 2) if params else 0.0,
+        quant_bits=default_bits,
+        group_size=default_group,
+        context_length=model_context_length(config),
+        is_demo="workbench_demo" in config,
+    )
+
+
+def _missing_shards(path: Path) -> str:
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return ""
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+    except (OSError, ValueError, AttributeError):
+        return "model.safetensors.index.json is damaged: download the model again"
+    missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
+    if missing:
+        return (f"{len(missing)} weight file(s) missing ({missing[0]}...): the download is "
+                "incomplete; run it again")
+    return ""
+
+
+# -- where models are ---------------------------------------------------------------------
+
+def _repo_id_from_folder(name: str) -> str | None:
+    """``models--owner--name`` (the cache's folder name) to ``owner/name``."""
+    if not name.startswith("models--"):
+        return None
+    parts = name[len("models--"):].split("--")
+    return "/".join(parts) if len(parts) >= 2 else None
+
+
+def repo_id_of(path: Path) -> str | None:
+    """The repo id when ``path`` is a snapshot folder in a Hugging Face cache, else None."""
+    path = Path(path)
+    if path.parent.name == "snapshots":
+        return _repo_id_from_folder(path.parent.parent.name)
+    return None
+
+
+@dataclass(frozen=True)
+class _Found:
+    path: Path
+    source: str
+    repo_id: str | None = None
+    revision: str | None = None
+    spec: str | None = None
+    size_on_disk: int | None = None
+
+
+def _cache_models(cache_dir: str | Path | None) -> list[_Found]:
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    default = cache_dir is None
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    try:
+        info = scan_cache_dir(cache)
+    except (CacheNotFound, OSError, ValueError):
+        return []
+    found = []
+    for repo in info.repos:
+        if repo.repo_type != "model" or not repo.revisions:
+            continue
+        revisions = sorted(repo.revisions, key=lambda r: ("main" in r.refs, bool(r.refs),
+                                                          r.last_modified), reverse=True)
+        rev = revisions[0]
+        if not (rev.snapshot_path / "config.json").exists():
+            continue  # a tokenizer-only or non-model repo
+        on_main = "main" in rev.refs
+        # Incomplete by huggingface_hub's own tree listing (an interrupted snapshot_download).
+        complete = cached_snapshot(repo.repo_id, rev.commit_hash, cache) is not None
+        spec = repo.repo_id if on_main and default else str(rev.snapshot_path)
+        found.append(_Found(rev.snapshot_path, SOURCE_CACHE, repo.repo_id, rev.commit_hash,
+                            spec if complete else None, rev.size_on_disk))
+    return found
+
+
+def model_folders_in(root: Path, depth: int = 2) -> list[Path]:
+    """Model folders (holding config.json) at ``root`` or up to ``depth`` levels below it."""
+    root = Path(root).expanduser()
+    if (root / "config.json").is_file():
+        return [root]
+    if depth <= 0 or not root.is_dir():
+        return []
+    found: list[Path] = []
+    try:
+        children = sorted(root.iterdir())
+    except OSError:
+        return []
+    for child in children:
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        found.extend(model_folders_in(child, depth - 1))
+    return found
+
+
+def partial_downloads(cache_dir: str | Path | None = None) -> list[PartialDownload]:
+    """Downloads that were stopped before the end (their bytes wait in the cache)."""
+    base = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    sizes: dict[str, int] = {}
+    for part in base.glob("models--*/blobs/*.incomplete"):
+        repo_id = _repo_id_from_folder(part.parent.parent.name)
+        if repo_id is None:
+            continue
+        try:
+            sizes[repo_id] = sizes.get(repo_id, 0) + part.stat().st_size
+        except OSError:
+            pass
+    return [PartialDownload(r, n) for r, n in sorted(sizes.items())]
+
+
+def scan_models(folders: Iterable[str | Path] = (), *, cache_dir: str | Path | None = None,
+                include_cache: bool = True, recent: Sequence[str] = (),
+                context_tokens: int = 4096, available: int | None = None,
+                include_unsupported: bool = False) -> list[ModelEntry]:
+    """Every model in the Hugging Face cache, in ``folders`` and in ``recent``.
+
+    ``recent`` holds specs (repo ids or folder paths), most recent first: those models come
+    first in the list, then the rest by name. Models mlx-lm cannot load are left out unless
+    ``include_unsupported``; their ``problem`` says why. ``fit`` compares each model's need
+    with ``context_tokens`` of context against ``available`` (default: free memory now).
+    """
+    found: list[_Found] = _cache_models(cache_dir) if include_cache else []
+    for folder in folders:
+        found.extend(_Found(p, SOURCE_FOLDER) for p in model_folders_in(Path(folder)))
+    for spec in recent:
+        p = Path(spec).expanduser()
+        if p.is_absolute() and (p / "config.json").is_file():
+            found.append(_Found(p, SOURCE_RECENT))
+    have = available_memory() if available is None else available
+    rank: dict[str, int] = {}
+    for i, spec in enumerate(recent):
+        key = spec if not Path(spec).expanduser().is_absolute() else _key(Path(spec))
+        rank.setdefault(key, i)
+    entries: list[ModelEntry] = []
+    seen: set[str] = set()
+    for item in found:
+        key = _key(item.path)
+        if key in seen:
+            continue
+        seen.add(key)
+        facts = describe_model(item.path)
+        problem = facts.problem
+        if item.source == SOURCE_CACHE and item.spec is None and not problem:
+            problem = (f"the download of {item.repo_id} is incomplete: run `workbench download "
+                       f"{item.repo_id}` to finish it")
+        if problem and not include_unsupported:
+            continue
+        repo_id = item.repo_id or repo_id_of(item.path)
+        report = fit_report(item.path, have, context_tokens)
+        ranks = [r for r in (rank.get(key), rank.get(repo_id or "")) if r is not None]
+        entries.append(ModelEntry(
+            name=repo_id if item.source == SOURCE_CACHE and repo_id else item.path.name,
+            spec=item.spec or str(item.path),
+            path=item.path,
+            source=item.source,
+            repo_id=repo_id,
+            revision=item.revision,
+            architecture=facts.architecture,
+            supported=not problem,
+            problem=problem,
+            size_on_disk=item.size_on_disk if item.size_on_disk is not None
+            else facts.size_on_disk,
+            weight_bytes=facts.weight_bytes,
+            num_parameters=facts.num_parameters,
+            bits_per_weight=facts.bits_per_weight,
+            quant_bits=facts.quant_bits,
+            group_size=facts.group_size,
+            context_length=facts.context_length,
+            is_demo=facts.is_demo,
+            need_bytes=report.need,
+            available_bytes=report.available,
+            fit=report.verdict,
+            recent_rank=min(ranks) if ranks else None,
+        ))
+    entries.sort(key=lambda e: (e.recent_rank is None, e.recent_rank or 0, e.name.lower()))
+    return entries
+
+
+def _key(path: Path) -> str:
+    try:
+        return str(Path(path).expanduser().resolve())
+    except OSError:
+        return str(path)
+
+
+def filter_models(entries: Iterable[ModelEntry], text: str) -> list[ModelEntry]:
+    """Entries whose name, repo id, architecture, path or bits contain every word of ``text``."""
+    words = text.lower().split()
+    out = []
+    for e in entries:
+        bits = f"{e.quant_bits}bit {e.quant_bits}-bit" if e.quant_bits else "full"
+        hay = " ".join((e.name, e.repo_id or "", e.architecture, str(e.path), e.source, bits,
+                        e.params_label)).lower()
+        if all(w in hay for w in words):
+            out.append(e)
+    return out
+
+
+def with_fit(entries: Iterable[ModelEntry], available: int,
+             context_tokens: int = 4096) -> list[ModelEntry]:
+    """The same entries with ``fit`` recomputed (after a model was loaded or unloaded)."""
+    out = []
+    for e in entries:
+        report = fit_report(e.path, available, context_tokens)
+        out.append(replace(e, need_bytes=report.need, available_bytes=report.available,
+                           fit=report.verdict))
+    return out
