@@ -13,6 +13,8 @@ from typing import Any
 from engine.errors import BadSetting
 from engine.sampling import PRESETS, SamplingParams, preset
 
+from . import models_cli
+
 EPILOG = "Run `workbench COMMAND --help` for a command's options."
 
 
@@ -122,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .sessions_cli import add_parser as add_sessions_parser
 
     add_sessions_parser(sub)
+    models_cli.add_parsers(sub)
     return parser
 
 
@@ -167,6 +170,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .bench import run_bench
 
         return run_bench(args)
+    handled = models_cli.run(args)
+    if handled is not None:
+        return handled
     from .app import run_app
 
     return run_app(args)
