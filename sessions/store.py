@@ -34,7 +34,7 @@ from .errors import (
     SessionTooNew,
 )
 from .files import FileLock, LockBusy, atomic_write, private_dir, temp_files
-from .names import check_name
+from .names import MAX_NAME, check_name, sanitize_name
 from .transcript import Session, now, parse_session
 
 TRANSCRIPT = ".toml"
@@ -183,6 +183,15 @@ class SessionStore:
             raise
         self._seen[name] = (st.st_size, st.st_mtime_ns, st.st_ino)
         return session
+
+    def unique_name(self, base: str = "chat") -> str:
+        """``base`` made safe, with ``-2``, ``-3``... added if a session has that name."""
+        base = sanitize_name(base, default="chat")
+        name, n = base, 1
+        while self.exists(name) or self.cache_path(name).exists():
+            n += 1
+            name = f"{base[: MAX_NAME - len(str(n)) - 1]}-{n}"
+        return name
 
     def new(self, name: str, **fields: object) -> Session:
         """A new, unsaved session (``fields`` as in ``Session``). Refuses a taken name."""

@@ -162,7 +162,8 @@ class _Reader:
     def unknown(self, known: set[str]) -> None:
         for key in self.table:
             if key not in known:
-                self.problems.append(f"{self.where}unknown key {key!r} (ignored)")
+                self.problems.append(f"{self.where}unknown key {key!r} (ignored: it is not kept "
+                                     "when the session is saved)")
 
 
 def _short(value: Any) -> str:

@@ -424,3 +424,23 @@ def test_times_are_stored_as_toml_datetimes(tmp_path):
     data = tomllib.loads((tmp_path / "chat.toml").read_text())
     assert isinstance(data["created"], datetime) and data["created"].tzinfo is not None
     assert isinstance(data["messages"][0]["time"], datetime)
+
+
+def test_unique_names_for_new_sessions(tmp_path):
+    with SessionStore(tmp_path) as store:
+        assert store.unique_name("My chat: about ../things") == "My chat- about .-things"
+        _conversation(store, "chat")
+        assert store.unique_name("chat") == "chat-2"
+        _conversation(store, "chat-2")
+        assert store.unique_name("chat") == "chat-3"
+        assert store.unique_name("") == "chat-3"
+
+
+def test_the_store_imports_neither_the_app_nor_mlx():
+    code = ("import sys, sessions, sessions.cache, sessions.store, sessions.export; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'workbench', 'mlx', 'mlx_lm', 'textual', 'rich', 'prompt_toolkit'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
