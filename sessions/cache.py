@@ -193,6 +193,12 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def _cuttable(cache: list[Any]) -> bool:
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache
+
+    return all(type(c) in (KVCache, QuantizedKVCache) for c in cache)
+
+
 def _cut(cache: list[Any], tokens: int) -> list[Any]:
     """Copies of the layer caches holding exactly ``tokens`` entries (not the whole
     preallocated buffer, which grows in steps of 256)."""
@@ -310,6 +316,8 @@ def save_cache(core: EngineCore, store: SessionStore, session: Session) -> Cache
     if keep == 0:
         return CacheSaved(None, 0, 0, 0.0,
                           skipped="the engine's cache holds another conversation")
+    if not _cuttable(slot.cache):  # e.g. a rotating or recurrent cache: all or nothing
+        keep = len(slot.tokens)
     from mlx_lm.models.cache import save_prompt_cache
 
     metadata = {
@@ -373,14 +381,17 @@ def resume(core: EngineCore, store: SessionStore, session: Session, emit: Emit |
         return ResumeReport(False, 0, 0, 0, reason="the conversation is empty")
     history = render_history(core, messages)
     path = store.cache_path(session.name)
+    from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
+
     try:
         cache, tokens = _load_checked(core, path)
         common = _common_prefix(tokens, history)
         if common == 0:
             raise CacheUnusable("belongs to another conversation")
+        if common < len(tokens) and not can_trim_prompt_cache(cache):
+            raise CacheUnusable("cannot be cut back to this transcript (it changed since)")
     except CacheUnusable as why:
         return _rebuild(core, store, session, history, str(why), emit, cancel, start)
-    from mlx_lm.models.cache import trim_prompt_cache
 
     notice = None
     if common < len(tokens):

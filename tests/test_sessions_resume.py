@@ -319,3 +319,31 @@ def test_a_writer_killed_while_saving_the_cache_leaves_a_resumable_session(conve
     assert report.cached_tokens == len(read_cache_header(folder / "chat.safetensors").tokens
                                        or [])
     assert not list(folder.glob(".chat.safetensors.*"))
+
+
+def test_a_cancelled_turn_is_saved_and_resumed(llama_engine, tmp_path):
+    from engine import TokenText
+
+    with SessionStore(tmp_path) as store:
+        session = store.new("chat", system_prompt=SYSTEM)
+        session.add_user(QUESTIONS[0])
+        done = None
+        for event in llama_engine.chat(session.chat_messages(), SamplingParams(max_tokens=400),
+                                       ignore_eos=True):
+            if isinstance(event, TokenText):
+                llama_engine.cancel()
+            if isinstance(event, TurnDone):
+                done = event
+        assert done is not None and done.stats.finish_reason == "cancelled"
+        assert 0 < done.stats.generated_tokens < 400
+        session.add_reply(done.text, done.stats.to_dict(), cancelled=True)
+        saved = submit_autosave(llama_engine, store, session).wait(60)
+        assert isinstance(saved, Result) and saved.value.cache.tokens > 0
+    reopened = SessionStore(tmp_path).open("chat")
+    assert reopened.messages[-1].cancelled and reopened.messages[-1].content == done.text
+    report, notices = _resume_here(llama_engine, tmp_path)
+    assert report.reused and notices == []
+    assert report.cached_tokens == saved.value.cache.tokens
+    reopened.add_user(QUESTIONS[1])
+    turn = llama_engine.chat(reopened.chat_messages(), PARAMS).wait(120)
+    assert isinstance(turn, TurnDone) and turn.stats.reused_tokens == report.cached_tokens
