@@ -122,7 +122,11 @@ class Session:
         return data
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.to_toml_data(), multiline_strings=True)
+        """Long texts as readable multi-line strings, unless a text holds a carriage return
+        (a TOML multi-line string would turn its CRLF into LF)."""
+        texts = [self.title, self.system_prompt, *(m.content for m in self.messages)]
+        readable = not any("\r" in t for t in texts)
+        return tomli_w.dumps(self.to_toml_data(), multiline_strings=readable)
 
 
 # -- reading -------------------------------------------------------------------------------

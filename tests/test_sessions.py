@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from engine.sampling import SamplingParams
@@ -83,18 +83,18 @@ _text = st.text(st.characters(codec="utf-8"), max_size=60)
 
 
 @FUZZ
+@example(title="crlf\r\nkept", system="a\rb", messages=[("user", "x\r\n", False)])
 @given(title=_text, system=_text,
        messages=st.lists(st.tuples(st.sampled_from(["user", "assistant"]), _text, st.booleans()),
                          max_size=6))
 def test_any_conversation_survives_a_save_and_reload(tmp_path, title, system, messages):
-    store = SessionStore(tmp_path / "rt")
     session = Session("rt", title=title, system_prompt=system,
                       messages=[SessionMessage(r, c, cancelled=x and r == "assistant")
                                 for r, c, x in messages])
-    store.save(session)
-    back = store.open("rt")
+    with SessionStore(tmp_path / "rt") as store:
+        store.save(session)
+        back = store.open("rt")
     assert back.to_toml_data() == session.to_toml_data()
-    store.close()
 
 
 # -- fuzzing the reader --------------------------------------------------------------------
