@@ -86,9 +86,9 @@ SIZED = {
     "0.5b": DemoSpec(name="llama-0.5b", model_type="llama", hidden_size=1536,
                      num_hidden_layers=16, intermediate_size=4864, num_attention_heads=12,
                      num_key_value_heads=2, dtype="bfloat16", seed=5),
-    # TinyLlama's shape: about 0.97 billion parameters.
-    "1b": DemoSpec(name="llama-1b", model_type="llama", hidden_size=2048, num_hidden_layers=22,
-                   intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4,
+    # Llama-3.2-1B's layer shape (16 layers, 2048 wide): about 0.97 billion parameters.
+    "1b": DemoSpec(name="llama-1b", model_type="llama", hidden_size=2048, num_hidden_layers=16,
+                   intermediate_size=8192, num_attention_heads=32, num_key_value_heads=8,
                    dtype="bfloat16", seed=6),
 }
 

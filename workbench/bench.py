@@ -23,7 +23,7 @@ def _text_of_tokens(core: EngineCore, n: int) -> str:
     """About ``n`` tokens of real text (Python's help topics) for a prompt."""
     from pydoc_data import topics
 
-    text = "\n".join(topics.topics[k] for k in sorted(topics.topics))[: 16 * max(n, 1)]
+    text = "\n".join(topics.topics[k] for k in sorted(topics.topics))[: 6 * max(n, 1)]
     ids = core.tokenizer.encode(text)[: max(n, 1)]
     return str(core.tokenizer.decode(ids))
 
