@@ -112,3 +112,37 @@ def test_plain_chat_jsonl_from_a_pipe(demo_kit):
     assert [c["command"] for c in commands] == ["stats", "set", "system", "reset", "quit"]
     assert [c["ok"] for c in commands] == [True, False, True, True, True]
     assert "out of range" in commands[1]["message"]
+
+
+def _plain(demo_kit, lines: str, *extra: str) -> list[dict]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "chat", "--plain", "--jsonl", "--model",
+         str(demo_kit.llama), "--max-tokens", "8", *extra],
+        input=lines, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+@pytest.mark.slow
+def test_plain_chat_adapters_and_sessions(demo_kit, tmp_path):
+    sessions = str(tmp_path / "sessions")
+    objs = _plain(demo_kit, "hi\n/adapters\n/adapter tone-a\nmore\n/scale 1.5\nagain\n"
+                  "/adapter /not/there\n/save talk\n",
+                  "--adapters", str(demo_kit.adapters("llama")), "--sessions-dir", sessions)
+    replies = [o for o in objs if o.get("role") == "assistant"]
+    answers = {o["command"]: o for o in objs if "command" in o and o["command"] != "adapter"}
+    adapter_answers = [o for o in objs if o.get("command") == "adapter"]
+    assert [(r["adapter"], r["scale"]) for r in replies] == [
+        (None, None), ("tone-a", 1.0), ("tone-a", 1.5)]
+    assert "tone-b" in answers["adapters"]["message"]
+    assert adapter_answers[0]["ok"] and not adapter_answers[1]["ok"]
+    assert "no adapter folder" in adapter_answers[1]["message"]
+    assert answers["scale"]["ok"] and answers["save"]["ok"]
+    # A new process resumes the saved session: the cache is reused, the adapter restored.
+    resumed = _plain(demo_kit, "next\n", "--session", "talk", "--sessions-dir", sessions)
+    load = next(o for o in resumed if o.get("command") == "load")
+    assert "3 turns" in load["message"] and "cache reused" in load["message"]
+    reply = next(o for o in resumed if o.get("role") == "assistant")
+    assert reply["adapter"] == "tone-a" and reply["scale"] == 1.5
+    assert reply["cache_reused"] and reply["prefilled_tokens"] < reply["stats"]["prompt_tokens"]

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from engine import (
@@ -27,6 +28,7 @@ from engine import (
 )
 from engine.errors import BadSetting, WorkbenchError
 from engine.sampling import parse_value, preset
+from sessions import Session, SessionStore, check_name, submit_autosave, submit_resume
 
 from . import paths
 from .generate import format_stats
@@ -89,19 +91,23 @@ class Output:
 
 
 class PlainChat:
-    """The conversation, the settings and the slash commands; no terminal code here."""
+    """The conversation (a ``Session``, saved when a store is given), the settings and the
+    slash commands; no terminal code here."""
 
     def __init__(self, engine: Engine, out: Output, params: SamplingParams,
-                 system: str | None) -> None:
+                 session: Session, store: SessionStore | None = None,
+                 adapter_dirs: Sequence[str | Path] = (),
+                 adapter_paths: Sequence[str | Path] = ()) -> None:
         self.engine = engine
         self.out = out
         self.params = params
-        self.system = system or ""
-        self.messages: list[dict[str, str]] = []
+        self.session = session
+        self.store = store  # None: the conversation is not saved until /save
+        self.adapter_dirs = list(adapter_dirs)
+        self.adapter_paths = list(adapter_paths)
         self.last_stats: TurnStats | None = None
         self.running = True
         self.commands: dict[str, Command] = {}
-        self.reply_extra: Callable[[], dict[str, Any]] = dict
         for cmd in (
             Command("system", "/system TEXT", "set the system prompt (empty clears it)",
                     self._cmd_system),
@@ -111,6 +117,16 @@ class PlainChat:
                     "min_p, top_k, repetition_penalty, max_tokens, seed)", self._cmd_set),
             Command("preset", "/preset NAME", "precise, balanced, creative or code",
                     self._cmd_preset),
+            Command("adapter", "/adapter NAME|PATH|none", "use a LoRA adapter, or none, from "
+                    "the next reply on (no reload)", self._cmd_adapter),
+            Command("adapters", "/adapters", "list the adapters found, valid or why not",
+                    self._cmd_adapters),
+            Command("scale", "/scale X", "the active adapter's scale, 0 to 2 times trained",
+                    self._cmd_scale),
+            Command("save", "/save NAME", "save the conversation as session NAME (and "
+                    "autosave to it from now on)", self._cmd_save),
+            Command("load", "/load NAME", "open session NAME, resuming its cache",
+                    self._cmd_load),
             Command("help", "/help", "this list", self._cmd_help),
             Command("quit", "/quit", "leave (Ctrl+D too)", self._cmd_quit),
         ):
@@ -121,13 +137,110 @@ class PlainChat:
 
     # -- commands ------------------------------------------------------------------------
     def _cmd_system(self, arg: str) -> tuple[bool, str]:
-        self.system = arg
+        self.session.system_prompt = arg
         return True, "system prompt cleared" if not arg else "system prompt set"
 
     def _cmd_reset(self, _arg: str) -> tuple[bool, str]:
-        self.messages.clear()
+        self.session.messages.clear()
         self.engine.reset().wait()
         return True, "new conversation"
+
+    def _engine_value(self, stream: Any) -> Any:
+        final = stream.wait()
+        if isinstance(final, Error):
+            raise WorkbenchError(final.message)
+        return final.value
+
+    def _adapter_infos(self) -> list[Any]:
+        return list(self._engine_value(self.engine.list_adapters(self.adapter_dirs,
+                                                                 self.adapter_paths)))
+
+    def _cmd_adapter(self, arg: str) -> tuple[bool, str]:
+        if not arg:
+            return False, "usage: /adapter NAME|PATH|none (/adapters lists them)"
+        path: str | None = None
+        if arg.lower() != "none":
+            named = [i for i in self._adapter_infos() if i.name == arg]
+            path = str(named[0].path) if named else str(Path(arg).expanduser())
+        state = self._engine_value(self.engine.use_adapter(path))
+        self.session.adapter = str(state.info.path) if state.info else ""
+        self.session.adapter_scale = state.scale or 1.0
+        if state.info is None:
+            return True, f"no adapter (swap {state.swap_ms:.2f} ms)"
+        return True, (f"adapter {state.name} active, scale {state.scale:g} "
+                      f"(swap {state.swap_ms:.2f} ms)")
+
+    def _cmd_adapters(self, _arg: str) -> tuple[bool, str]:
+        infos = self._adapter_infos()
+        if not infos:
+            return True, ("no adapters found: pass --adapters DIR (a folder of adapter "
+                          "folders) or --adapter PATH")
+        active = str(self.engine.info.adapter or "") if self.engine.info else ""
+        lines = []
+        for info in infos:
+            mark = "*" if active and str(info.path) == active else " "
+            state = "ok" if info.valid else f"invalid: {info.reason}"
+            lines.append(f"{mark} {info.name}  {info.type_label}  {info.layers_label}  "
+                         f"{state}")
+        return True, "\n".join(lines)
+
+    def _cmd_scale(self, arg: str) -> tuple[bool, str]:
+        try:
+            scale = float(arg)
+        except ValueError:
+            return False, "usage: /scale X, a number from 0 to 2 (times the trained scale)"
+        state = self._engine_value(self.engine.set_adapter_scale(scale))
+        self.session.adapter_scale = state.scale or 1.0
+        return True, f"adapter {state.name} scale {state.scale:g}"
+
+    def _cmd_save(self, arg: str) -> tuple[bool, str]:
+        if not arg:
+            return False, "usage: /save NAME"
+        name = check_name(arg)
+        store = self.store or SessionStore(self.default_sessions_dir)
+        if name != self.session.name and store.exists(name):
+            return False, f"a session named {name!r} exists already: /load it or pick another"
+        old = self.session.name if self.store is not None else None
+        self.session.name = name
+        self.store = store
+        self.autosave()
+        if old and old != name:
+            store.release(old)
+        return True, f"saved as {name} in {store.folder}; autosaving from now on"
+
+    def _cmd_load(self, arg: str) -> tuple[bool, str]:
+        if not arg:
+            return False, "usage: /load NAME"
+        store = self.store or SessionStore(self.default_sessions_dir)
+        session = store.open(check_name(arg), lock=True)
+        if self.store is not None and self.session.name != session.name:
+            self.store.release(self.session.name)
+        self.store, self.session = store, session
+        return True, self.resume()
+
+    default_sessions_dir: Path = Path(".")
+
+    def resume(self) -> str:
+        """Put the session's cache (or a re-prefill of its transcript) into the engine."""
+        if self.session.adapter:
+            self._engine_value(self.engine.use_adapter(self.session.adapter,
+                                                       self.session.adapter_scale))
+        assert self.store is not None
+        report = self._engine_value(submit_resume(self.engine, self.store, self.session))
+        if report.notice:
+            self.out.notice(report.notice)
+        how = (f"cache reused ({report.cached_tokens} tokens)" if report.reused
+               else f"{report.prefilled_tokens} tokens prefilled again")
+        return f"session {self.session.name}: {self.session.turns} turns, {how}"
+
+    def autosave(self) -> None:
+        if self.store is None:
+            return
+        final = submit_autosave(self.engine, self.store, self.session).wait()
+        if isinstance(final, Error):
+            self.out.error(f"not saved: {final.message}", final.kind)
+        else:
+            self.session.updated = final.value.transcript.saved_at
 
     def _cmd_stats(self, _arg: str) -> tuple[bool, str]:
         if self.last_stats is None:
@@ -176,19 +289,17 @@ class PlainChat:
                 ok, message = command.run(arg.strip())
             except WorkbenchError as exc:
                 ok, message = False, str(exc)
+            except Exception as exc:  # noqa: BLE001 - a bug in a command must not end the chat
+                ok, message = False, f"/{command.name} failed: {type(exc).__name__}: {exc}"
             self.out.command(command.name, ok, message)
             return
         if text.startswith("//"):
             text = text[1:]  # "//x" sends "/x"
         self.send(text)
 
-    def conversation(self) -> list[dict[str, str]]:
-        head = [{"role": "system", "content": self.system}] if self.system else []
-        return head + self.messages
-
     def send(self, text: str) -> None:
-        self.messages.append({"role": "user", "content": text})
-        stream = self.engine.chat(self.conversation(), self.params)
+        self.session.add_user(text)
+        stream = self.engine.chat(self.session.chat_messages(), self.params)
         final: Any = None
         events: Iterator[Any] = iter(stream)
         while final is None:
@@ -206,12 +317,19 @@ class PlainChat:
                 self.engine.cancel()
                 events = iter(stream)
         if isinstance(final, Error):
-            self.messages.pop()  # the turn did not happen; the text is in the history
+            self.session.messages.pop()  # the turn did not happen; the text is in the history
             self.out.error(final.message, final.kind)
             return
-        self.last_stats = final.stats
-        self.messages.append({"role": "assistant", "content": final.text})
-        self.out.reply_done(final.text, final.stats, self.reply_extra())
+        stats = final.stats
+        self.last_stats = stats
+        self.session.add_reply(final.text, stats.to_dict(), adapter=stats.adapter_identity,
+                               cancelled=stats.finish_reason == "cancelled")
+        self.session.sampling = self.params
+        self.out.reply_done(final.text, stats, {
+            "adapter": stats.adapter, "scale": stats.scale,
+            "cache_reused": stats.reused_tokens > 0, "prefilled_tokens": stats.prefill_tokens,
+        })
+        self.autosave()
 
 
 def _interactive_lines(out: Output) -> Iterator[str]:
@@ -246,8 +364,24 @@ def _piped_lines() -> Iterator[str]:
 def run_plain(args: argparse.Namespace) -> int:
     config, params = setup(args)
     out = Output(args.jsonl)
+    sessions_dir = Path(args.sessions_dir).expanduser() if args.sessions_dir else \
+        config.sessions_path()
+    store: SessionStore | None = None
+    session = Session(name="unsaved", system_prompt=args.system if args.system is not None
+                      else config.system_prompt)
+    if args.session:
+        try:
+            store = SessionStore(sessions_dir)
+            session, _created = store.open_or_new(args.session, lock=True,
+                                                  system_prompt=session.system_prompt)
+        except WorkbenchError as exc:
+            out.error(str(exc), exc.kind)
+            return 1
+        if args.system is not None:
+            session.system_prompt = args.system
+        if not args.model and not args.demo and session.model:
+            args.model = session.model
     choice = choose_model(args, config, lambda msg: print(msg, file=sys.stderr))
-    system = args.system if args.system is not None else (config.system_prompt or None)
     with start_engine(args, config) as engine:
         loaded = load_blocking(engine, choice, quiet=args.jsonl)
         if isinstance(loaded, Error):
@@ -255,14 +389,26 @@ def run_plain(args: argparse.Namespace) -> int:
             return 1
         if loaded.is_demo:
             out.notice(demo_label(loaded))
-        chat = PlainChat(engine, out, params, system)
+        session.model = choice.spec
+        adapter_dirs = [d for d in (args.adapters, str(config.adapters_path())) if d]
+        chat = PlainChat(engine, out, params, session, store, adapter_dirs, args.adapter)
+        chat.default_sessions_dir = sessions_dir
+        if store is not None:
+            try:
+                out.command("load", True, chat.resume())
+            except WorkbenchError as exc:
+                out.error(str(exc), exc.kind)
         interactive = sys.stdin.isatty() and not args.jsonl
         if interactive:
             out.command("help", True, f"{loaded.name} loaded. /help lists commands; Alt+Enter "
                         "adds a line; Ctrl+C stops a reply; Ctrl+D leaves.")
         lines = _interactive_lines(out) if interactive else _piped_lines()
-        for line in lines:
-            chat.handle_line(line)
-            if not chat.running:
-                break
+        try:
+            for line in lines:
+                chat.handle_line(line)
+                if not chat.running:
+                    break
+        finally:
+            if chat.store is not None:
+                chat.store.close()
     return 0
