@@ -121,17 +121,23 @@ class EngineCore:
         mx.synchronize()
         mx.clear_cache()
 
-    def load(self, spec: str, adapter: str | None, emit: Emit) -> ModelInfo:
+    def load(self, spec: str, adapter: str | None, emit: Emit,
+             cancel: threading.Event | None = None) -> ModelInfo:
         """Load the base model, then activate ``adapter`` (if any) through the swap mechanism,
         so it can be swapped later. An adapter that does not fit the model fails the load
-        (nothing stays loaded), as ``mlx_lm generate --adapter-path`` does."""
+        (nothing stays loaded), as ``mlx_lm generate --adapter-path`` does. ``cancel`` stops
+        a download in progress (what arrived is kept for the next try)."""
         emit(LoadProgress("resolve", f"looking for {spec}"))
-        path = resolve_model(spec, emit)
+        path = resolve_model(spec, emit, cancel)
         if adapter:  # what the files alone can tell, before the loaded model is dropped
             checked = inspect_adapter(adapter)
             if not checked.valid:
                 raise AdapterError(checked.reason, path=checked.path)
-        weight_bytes = mem.check_fit(path, self.memory_probe, self.context_budget_hint())
+        # The model being replaced gives its memory back before the new one loads.
+        freed = self.info.weight_bytes if self.info is not None else 0
+        weight_bytes = mem.check_fit(path, lambda: self.memory_probe() + freed,
+                                     self.context_budget_hint(),
+                                     warn=lambda message: emit(Notice(message)))
         emit(LoadProgress("load", f"loading {path.name} ({mem.gb(weight_bytes)})"))
         self.unload()
         import mlx.core as mx
@@ -215,6 +221,7 @@ class EngineCore:
 
     def reset_cache(self) -> None:
         self.slots.clear()
+        self._pending_swap = None  # nothing cached is re-prefilled "because of" a swap now
 
     def adapter_identity(self) -> str:
         """Names the weights the active cache was computed under ("" = the base model).
@@ -504,11 +511,11 @@ class Engine:
     def load(self, model: str, adapter: str | None = None) -> EventStream:
         """Load ``model`` (folder or repo id), replacing any loaded model. Ends in ModelLoaded."""
 
-        def handler(core: EngineCore, emit: Emit, _cancel: threading.Event) -> ModelLoaded:
+        def handler(core: EngineCore, emit: Emit, cancel: threading.Event) -> ModelLoaded:
             self.info = None
             self.adapter = None
             try:
-                info = core.load(model, adapter, emit)
+                info = core.load(model, adapter, emit, cancel)
             except WorkbenchError:
                 # A failure before the old model was dropped (e.g. a bad adapter folder)
                 # leaves it loaded: say so.

@@ -200,3 +200,21 @@ async def test_async_consumer_gets_batched_events(llama_engine):
     assert isinstance(final, TurnDone) and "".join(texts) == final.text
     assert isinstance(await llama_engine.memory().result(), Result)
     await asyncio.sleep(0)
+
+
+def test_switching_models_counts_the_memory_the_old_one_gives_back(demo_kit):
+    from engine.memory import fit_report
+
+    need = fit_report(demo_kit.qwen3, 0, 4096).need
+    free = [10**12]
+    with Engine(memory_probe=lambda: free[0]) as engine:
+        first = engine.load(str(demo_kit.llama)).wait(60)
+        assert isinstance(first, ModelLoaded)
+        # Free memory alone is short of what qwen3 needs, but unloading llama covers it.
+        free[0] = need - first.info.weight_bytes // 2
+        switched = engine.load(str(demo_kit.qwen3)).wait(60)
+        assert isinstance(switched, ModelLoaded), switched
+        # With nothing to give back, the same shortfall is refused with the numbers.
+        free[0] = need - switched.info.weight_bytes * 2
+        refused = engine.load(str(demo_kit.llama)).wait(60)
+        assert isinstance(refused, Error) and refused.kind == "too-big"
