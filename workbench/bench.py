@@ -168,10 +168,16 @@ def run_bench(args: argparse.Namespace) -> int:
         say("running the app headless")
         results.update(run_tui_bench(model))
     if args.adapters:
-        from .bench_adapters import run_adapter_bench
+        from .bench_adapters import BenchError, run_adapter_bench
 
-        say("measuring adapter swaps")
-        results.update(run_adapter_bench(args.model))
+        say("measuring adapter swaps" + ("" if args.no_big else
+                                         " (and building a ~0.5B model: slow on a CPU)"))
+        try:
+            results.update(run_adapter_bench(args.model, rounds=args.rounds,
+                                             big=not args.no_big))
+        except BenchError as exc:
+            print(f"workbench bench: {exc}", file=sys.stderr)
+            return 1
     if args.sessions:
         from .bench_sessions import run_session_bench
 

@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--tui", action="store_true",
                    help="also run the real app headless and measure its throughput and lag")
     b.add_argument("--adapters", action="store_true", help="also measure adapter swaps")
+    b.add_argument("--no-big", action="store_true",
+                   help="with --adapters: skip the ~0.5B model (it takes minutes on a CPU)")
     b.add_argument("--sessions", action="store_true", help="also measure session resume")
 
     d = sub.add_parser("demo-model", help="write the demo models and adapters to a folder",
