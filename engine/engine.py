@@ -219,6 +219,36 @@ class EngineCore:
                 return 0
         return common
 
+    def prefill(self, tokens: list[int], emit: Emit,
+                cancel: threading.Event) -> tuple[int, bool]:
+        """Evaluate ``tokens`` beyond what the active cache holds (its tokens must be a prefix
+        of ``tokens``), in cancellable chunks: ``(tokens evaluated, cancelled)``."""
+        import mlx.core as mx
+        from mlx_lm.generate import generate_step
+
+        slot = self.slot()
+        start = len(slot.tokens)
+        todo = tokens[start:]
+        if not todo:
+            return 0, False
+        watch = _PrefillWatch(emit, cancel)
+        cancelled = False
+        try:
+            for _ in generate_step(mx.array(todo), self.model, max_tokens=0,
+                                   prompt_cache=slot.cache,
+                                   prefill_step_size=self.prefill_step_size,
+                                   prompt_progress_callback=watch):
+                pass
+            slot.tokens = list(tokens)
+        except Cancelled:
+            slot.tokens = tokens[: start + watch.done]
+            cancelled = True
+        except BaseException:
+            self.slots.pop(self.cache_key, None)  # unknown state: rebuild next turn
+            raise
+        slot.reconcile()
+        return len(slot.tokens) - start, cancelled
+
     def reset_cache(self) -> None:
         self.slots.clear()
         self._pending_swap = None  # nothing cached is re-prefilled "because of" a swap now
@@ -365,16 +395,7 @@ class EngineCore:
             mx.random.seed(params.seed)
         mx.reset_peak_memory()
 
-        processed = 0
-
-        def on_prefill(done: int, total: int) -> None:
-            nonlocal processed
-            processed = done
-            emit(PrefillProgress(done, total))
-            # At done == total the first reply token is already in the cache: let the
-            # decode loop stop instead, so the kept tokens and the cache agree.
-            if cancel.is_set() and done < total:
-                raise Cancelled
+        on_prefill = _PrefillWatch(emit, cancel)
 
         pieces: list[str] = []
         generated: list[int] = []
@@ -407,7 +428,7 @@ class EngineCore:
                     break
             slot.tokens = prompt[:reused] + suffix + generated
         except Cancelled:
-            slot.tokens = prompt[: reused + processed]
+            slot.tokens = prompt[: reused + on_prefill.done]
         except BaseException:
             self.slots.pop(self.cache_key, None)  # unknown state: rebuild next turn
             raise
@@ -419,7 +440,7 @@ class EngineCore:
         stats = TurnStats(
             prompt_tokens=len(prompt),
             reused_tokens=reused,
-            prefill_tokens=len(suffix) if generated else processed,
+            prefill_tokens=len(suffix) if generated else on_prefill.done,
             prefill_tps=float(prefill_tps),
             ttft_s=float(ttft),
             decode_tps=float(decode_tps),
@@ -436,6 +457,26 @@ class EngineCore:
         )
         emit(Memory(self.memory()))
         return TurnDone("".join(pieces), stats)
+
+
+class _PrefillWatch:
+    """mlx-lm's ``prompt_progress_callback``: reports progress, stops between chunks on cancel.
+
+    It is called after each evaluated chunk, so on ``Cancelled`` the cache holds exactly the
+    ``done`` tokens. At ``done == total`` the first reply token is already in the cache:
+    it does not raise then, and the decode loop stops instead, so kept tokens and cache agree.
+    """
+
+    def __init__(self, emit: Emit, cancel: threading.Event) -> None:
+        self.emit = emit
+        self.cancel = cancel
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done = done
+        self.emit(PrefillProgress(done, total))
+        if self.cancel.is_set() and done < total:
+            raise Cancelled
 
 
 def _mask_tokens(token_ids: Iterable[int]) -> Callable[[Any, Any], Any]:

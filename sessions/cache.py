@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.engine import CacheSlot, EngineCore
-from engine.errors import Cancelled, NoModel
-from engine.events import Notice, PrefillProgress
+from engine.errors import NoModel
+from engine.events import Notice
 from engine.loader import looks_like_repo_id
 from engine.stream import EventStream
 
@@ -219,44 +219,6 @@ def _cut(cache: list[Any], tokens: int) -> list[Any]:
     return out
 
 
-def _prefill(core: EngineCore, tokens: list[int], emit: Emit,
-             cancel: threading.Event) -> tuple[int, bool]:
-    """Evaluate ``tokens`` beyond what the active slot holds; (tokens evaluated, cancelled)."""
-    import mlx.core as mx
-    from mlx_lm.generate import generate_step
-
-    slot = core.slot()
-    start = len(slot.tokens)
-    todo = tokens[start:]
-    if not todo:
-        return 0, False
-    processed = 0
-
-    def on_progress(done: int, total: int) -> None:
-        nonlocal processed
-        processed = done
-        emit(PrefillProgress(done, total))
-        if cancel.is_set() and done < total:
-            raise Cancelled
-
-    cancelled = False
-    try:
-        for _ in generate_step(mx.array(todo), core.model, max_tokens=0,
-                               prompt_cache=slot.cache,
-                               prefill_step_size=core.prefill_step_size,
-                               prompt_progress_callback=on_progress):
-            pass
-        slot.tokens = list(tokens)
-    except Cancelled:
-        slot.tokens = tokens[: start + processed]
-        cancelled = True
-    except BaseException:
-        core.slots.pop(core.cache_key, None)
-        raise
-    slot.reconcile()
-    return len(slot.tokens) - start, cancelled
-
-
 def _load_checked(core: EngineCore, path: Path) -> tuple[list[Any], list[int]]:
     """Load ``path`` if it was made by this model under this adapter; else CacheUnusable."""
     from mlx_lm.models.cache import load_prompt_cache, make_prompt_cache
@@ -417,7 +379,7 @@ def _rebuild(core: EngineCore, store: SessionStore, session: Session, history: l
     notice = (f"session {session.name!r}: the saved prompt cache {reason}{where}; re-reading "
               f"the conversation ({len(history)} tokens)")
     emit(Notice(notice))
-    done, cancelled = _prefill(core, history, emit, cancel)
+    done, cancelled = core.prefill(history, emit, cancel)
     if not cancelled:
         with contextlib.suppress(OSError):
             save_cache(core, store, session)
