@@ -1,0 +1,351 @@
+"""The full-screen app driven by a Pilot on the llama demo model (real engine, no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+
+from textual.pilot import Pilot
+from textual.widgets import Digits, Input, Static
+
+from workbench.app import WorkbenchApp, make_args
+from workbench.config import Config, load_config, save_config
+from workbench.screens import HelpScreen, SettingsScreen
+from workbench.widgets import AssistantTurn, Gauge, UserTurn
+
+SIZE = (120, 40)
+
+
+def make_app(demo_kit, *, max_tokens: int = 24, **overrides) -> WorkbenchApp:
+    args = make_args(model=str(demo_kit.llama), temperature=0.0, seed=0,
+                     max_tokens=max_tokens, **overrides)
+    return WorkbenchApp(args)
+
+
+async def until(pilot: Pilot, condition: Callable[[], bool], what: str,
+                timeout: float = 60.0) -> None:
+    """Let the app run until ``condition`` holds (the timeout only guards against a hang)."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not condition():
+        if loop.time() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        await pilot.pause(0.02)
+
+
+async def send(pilot: Pilot, text: str) -> None:
+    """Type ``text`` and press Enter (the Pilot waits while the app is busy, up to a point)."""
+    await pilot.press(*text)
+    await pilot.press("enter")
+
+
+async def start_sending(pilot: Pilot, text: str) -> None:
+    """Type ``text`` and send it with the Enter binding's action, returning at once, so that
+    the test can look at the app while the reply streams."""
+    app = pilot.app
+    assert isinstance(app, WorkbenchApp)
+    await pilot.press(*text)
+    app.prompt.action_send()
+    await until(pilot, lambda: app.chat.last_assistant() is not None, "the reply turn")
+
+
+def turns(app: WorkbenchApp) -> list[UserTurn | AssistantTurn]:
+    return app.chat.turns()
+
+
+def last_reply(app: WorkbenchApp) -> AssistantTurn:
+    turn = app.chat.last_assistant()
+    assert turn is not None
+    return turn
+
+
+def stats_line(turn: AssistantTurn) -> str:
+    return str(turn.query_one(".turn-stats", Static).render())
+
+
+async def reply_done(pilot: Pilot, app: WorkbenchApp) -> AssistantTurn:
+    await until(pilot, lambda: app.chat.last_assistant() is not None
+                and last_reply(app).done and not app.replying, "the reply to finish")
+    return last_reply(app)
+
+
+async def test_reply_streams_into_the_chat(demo_kit) -> None:
+    app = make_app(demo_kit, max_tokens=160)
+    app.ignore_eos = True
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model_ready, "the model to load")
+        await start_sending(pilot, "Tell me about lists")
+        assert [type(t) for t in turns(app)] == [UserTurn, AssistantTurn]
+        assert turns(app)[0].text == "Tell me about lists"
+        turn = last_reply(app)
+        # While the reply is being written, part of it is already on screen.
+        await until(pilot, lambda: bool(turn.markdown.source) or turn.done, "the first text")
+        assert not turn.done, "the first text should show before the reply ends"
+        partial = turn.markdown.source
+        turn = await reply_done(pilot, app)
+        assert len(turn.markdown.source) > len(partial)
+        assert turn.markdown.source == turn.text == app.messages[-1]["content"]
+        assert [m["role"] for m in app.messages] == ["user", "assistant"]
+        line = stats_line(turn)
+        assert "160 tokens" in line and "tok/s" in line and "first token" in line
+        assert "stopped at max tokens" in line
+        assert app.prompt.text == ""  # the box was cleared for the next message
+
+
+async def test_throughput_and_memory_panes_change_during_and_after_a_reply(demo_kit) -> None:
+    app = make_app(demo_kit, max_tokens=200)
+    app.ignore_eos = True
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model_ready, "the model to load")
+        rate = app.sidebar.throughput.query_one("#decode-rate", Digits)
+        kv = app.sidebar.memory.query_one("#mem-kv", Gauge)
+        context = app.sidebar.model.query_one("#context-gauge", Gauge)
+        await until(pilot, lambda: app.sidebar.memory.reading is not None, "a memory reading")
+        assert rate.value == "0.0"
+        kv_before = kv.text
+        await start_sending(pilot, "hello")
+        # During the reply: the decode rate and its sparkline move, before the reply ends.
+        await until(pilot, lambda: rate.value != "0.0" or last_reply(app).done,
+                    "a decode rate")
+        assert not last_reply(app).done, "the rate should show while the reply streams"
+        await until(pilot, lambda: max(app.sidebar.throughput.samples) > 0
+                    or last_reply(app).done, "a sparkline sample")
+        assert max(app.sidebar.throughput.samples) > 0
+        await reply_done(pilot, app)
+        await pilot.pause(0.3)  # let the 10 Hz repaint run
+        facts = str(app.sidebar.throughput.query_one("#throughput-facts", Static).render())
+        assert "200 tok" in facts and "ms" in facts
+        assert float(rate.value) > 0
+        reading = app.sidebar.memory.reading
+        assert reading is not None and reading.kv_bytes > 0
+        assert kv.text != kv_before
+        assert context.value > 0 and context.text.endswith("/4096")
+
+
+async def test_escape_stops_a_reply_and_the_next_message_works(demo_kit) -> None:
+    app = make_app(demo_kit, max_tokens=3000)
+    app.ignore_eos = True
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model_ready, "the model to load")
+        await start_sending(pilot, "write a long story")
+        turn = last_reply(app)
+        await until(pilot, lambda: len(turn.text) > 20, "some reply text")
+        await pilot.press("escape")
+        turn = await reply_done(pilot, app)
+        assert "cancelled" in stats_line(turn)
+        assert turn.has_class("-cancelled")
+        assert app.messages[-1] == {"role": "assistant", "content": turn.text}
+        # The next message gets a complete reply.
+        app.params = app.params.with_values(max_tokens=16)
+        await send(pilot, "and now a short one")
+        second = await reply_done(pilot, app)
+        assert second is not turn
+        assert "16 tokens" in stats_line(second) and "cancelled" not in stats_line(second)
+        assert [m["role"] for m in app.messages] == ["user", "assistant"] * 2
+
+
+async def test_escape_during_prefill_gives_the_message_back(demo_kit) -> None:
+    app = make_app(demo_kit)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model_ready, "the model to load")
+        # Hold the engine thread so that the reply cannot begin before Esc.
+        release = threading.Event()
+        app.engine.submit(lambda _core, _emit, _cancel: release.wait(30))
+        await send(pilot, "never mind")
+        await pilot.press("escape")
+        release.set()
+        await until(pilot, lambda: not app.replying, "the cancelled turn to end")
+        await pilot.pause(0.1)
+        assert turns(app) == []
+        assert app.messages == []
+        assert app.prompt.text == "never mind"
+        assert "back in the prompt box" in app.status.state
+
+
+async def test_regenerate_replaces_the_last_reply(demo_kit) -> None:
+    app = make_app(demo_kit)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model_ready, "the model to load")
+        await send(pilot, "hi")
+        first = await reply_done(pilot, app)
+        first_text = first.text
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: last_reply(app) is not first, "a new reply turn")
+        second = await reply_done(pilot, app)
+        assert [type(t) for t in turns(app)] == [UserTurn, AssistantTurn]
+        assert [m["role"] for m in app.messages] == ["user", "assistant"]
+        # Greedy sampling: the same prompt gives the same reply, from the cached prefix.
+        assert second.text == first_text == app.messages[-1]["content"]
+        assert "prompt tokens from cache" in stats_line(second)
+
+
+async def test_edit_copy_history_and_new_chat(demo_kit) -> None:
+    app = make_app(demo_kit)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model_ready, "the model to load")
+        await send(pilot, "first try")
+        reply = await reply_done(pilot, app)
+        await pilot.press("ctrl+o")
+        assert app.clipboard == reply.text
+        # Edit: the message comes back into the box, and leaves the conversation.
+        await pilot.press("ctrl+l")
+        await pilot.pause()
+        assert app.prompt.text == "first try"
+        assert app.messages == [] and turns(app) == []
+        await pilot.press("backspace", *"ay", "enter")
+        await reply_done(pilot, app)
+        assert app.messages[0] == {"role": "user", "content": "first tray"}
+        # Up in the empty box recalls sent messages, newest first.
+        await pilot.press("up")
+        assert app.prompt.text == "first tray"
+        await pilot.press("up")
+        assert app.prompt.text == "first try"
+        await pilot.press("down", "down")
+        assert app.prompt.text == ""
+        # Ctrl+J inserts a newline instead of sending.
+        await pilot.press(*"two", "ctrl+j", *"lines")
+        assert app.prompt.text == "two\nlines" and len(app.messages) == 2
+        await pilot.press("ctrl+n")
+        await pilot.pause()
+        assert app.messages == [] and turns(app) == []
+        assert app.prompt.text == "two\nlines"  # a new chat keeps what is being typed
+
+
+async def test_a_bad_sampling_value_is_refused_with_a_message(demo_kit) -> None:
+    app = make_app(demo_kit)
+    async with app.run_test(size=SIZE) as pilot:
+        before = app.params
+        await pilot.press("f2")
+        await until(pilot, lambda: isinstance(app.screen, SettingsScreen), "the settings")
+        screen = app.screen
+        field = screen.query_one("#field-temperature", Input)
+        field.value = "9"
+        await pilot.pause()
+        hint = str(screen.query_one("#hint-temperature", Static).render())
+        assert "out of range" in hint and "0 to 5" in hint
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.screen is screen, "a bad value must not close the settings"
+        assert "Not applied: temperature" in str(
+            screen.query_one("#settings-error", Static).render())
+        assert app.params == before
+        # Fix it, add a system prompt, and apply.
+        field.value = "0.5"
+        screen.query_one("#system-prompt").load_text("Be brief.")  # type: ignore[attr-defined]
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: not isinstance(app.screen, SettingsScreen), "the close")
+        assert app.params == before.with_values(temperature=0.5)
+        assert app.conversation() == [{"role": "system", "content": "Be brief."}]
+
+
+async def test_a_preset_fills_the_fields_and_save_as_default_writes_the_config(demo_kit) -> None:
+    app = make_app(demo_kit)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f2")
+        await until(pilot, lambda: isinstance(app.screen, SettingsScreen), "the settings")
+        screen = app.screen
+        screen.query_one("#preset").value = "creative"  # type: ignore[attr-defined]
+        await pilot.pause()
+        assert screen.query_one("#field-temperature", Input).value == "1"
+        assert screen.query_one("#field-min_p", Input).value == "0.05"
+        await pilot.click("#save-default")
+        await until(pilot, lambda: not isinstance(app.screen, SettingsScreen), "the close")
+        assert app.params.temperature == 1.0 and app.params.min_p == 0.05
+        assert app.params.max_tokens == 24  # a preset leaves the reply length alone
+    saved = load_config()
+    assert saved.sampling.temperature == 1.0 and saved.sampling.max_tokens == 24
+
+
+async def test_sending_during_the_load_waits_with_a_note(demo_kit) -> None:
+    app = make_app(demo_kit)
+    release = threading.Event()
+    # The engine runs requests in order: this holds it before the model load begins.
+    app.engine.submit(lambda _core, _emit, _cancel: release.wait(30))
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "are you there")
+        turn = last_reply(app)
+        assert not app.model_ready
+        assert "waiting for the model to finish loading" in stats_line(turn)
+        release.set()
+        turn = await reply_done(pilot, app)
+        assert app.model_ready and "tokens" in stats_line(turn)
+
+
+async def test_a_missing_model_says_so_and_keeps_the_message(demo_kit, tmp_path) -> None:
+    app = WorkbenchApp(make_args(model=str(tmp_path / "nope")))
+    async with app.run_test(size=SIZE) as pilot:
+        banner = app.query_one("#banner", Static)
+        await until(pilot, lambda: banner.display and "could not be loaded" in str(
+            banner.render()), "the load error")
+        assert "no such folder" in str(banner.render())
+        await send(pilot, "hello?")
+        await until(pilot, lambda: not app.replying, "the refusal")
+        await pilot.pause(0.1)
+        assert app.messages == [] and turns(app) == []
+        assert app.prompt.text == "hello?"
+        assert "Not sent: no model is loaded" in app.status.state
+
+
+async def test_demo_model_is_labelled(demo_kit) -> None:
+    app = make_app(demo_kit)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model_ready, "the model to load")
+        banner = str(app.query_one("#banner", Static).render())
+        assert "DEMO model: random weights" in banner and "--model" in banner
+
+
+async def test_keys_are_remapped_from_the_config_and_listed_in_help(demo_kit) -> None:
+    save_config(Config(keys={"regenerate": "ctrl+g", "no-such-action": "f9"}))
+    app = make_app(demo_kit)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await until(pilot, lambda: app.model_ready, "the model to load")
+        assert any("no-such-action" in n.message for n in app._notifications)
+        await send(pilot, "hi")
+        first = await reply_done(pilot, app)
+        await pilot.press("ctrl+g")
+        await until(pilot, lambda: last_reply(app) is not first, "a regenerated reply")
+        await reply_done(pilot, app)
+        await pilot.press("f1")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), "the help screen")
+        table = app.screen.query_one("#help-table", Static)
+        rows = [r.keys for r in app.screen.rows]  # type: ignore[attr-defined]
+        assert "^g" in rows and "^r" not in rows
+        assert table.render() is not None
+        await pilot.press("escape")
+        assert not isinstance(app.screen, HelpScreen)
+
+
+async def test_theme_choice_is_remembered_and_a_bad_theme_is_reported(demo_kit) -> None:
+    app = make_app(demo_kit, theme="no-such-theme")
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        assert app.theme == "workbench-dark"
+        assert any("unknown theme 'no-such-theme'" in n.message for n in app._notifications)
+        app.theme = "workbench-light"
+        await pilot.pause()
+    assert load_config().theme == "workbench-light"
+    app = make_app(demo_kit)
+    async with app.run_test(size=SIZE):
+        assert app.theme == "workbench-light"
+
+
+async def test_command_palette_lists_the_actions(demo_kit) -> None:
+    app = make_app(demo_kit)
+    async with app.run_test(size=SIZE):
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for title in ("Regenerate the last reply", "Stop the reply", "New conversation",
+                      "Copy the last reply", "Edit and resend the last message",
+                      "Settings: system prompt and sampling", "Help: keys", "Theme"):
+            assert title in titles
+
+
+async def test_ctrl_q_quits_cleanly_and_closes_the_engine(demo_kit) -> None:
+    app = make_app(demo_kit, max_tokens=3000)
+    app.ignore_eos = True
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model_ready, "the model to load")
+        await start_sending(pilot, "keep going")
+        await until(pilot, lambda: bool(last_reply(app).text), "reply text")
+        await pilot.press("ctrl+q")
+    assert app.return_code == 0
+    assert not app.engine._thread.is_alive()

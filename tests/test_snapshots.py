@@ -1,0 +1,97 @@
+"""Snapshots of the main screen after a reply, the settings and the help screen, in both of
+the workbench's themes (pytest-textual-snapshot; update with ``--snapshot-update``).
+
+The reply itself is real (greedy decoding on the llama demo model, so it is the same every
+run), but the numbers that depend on the machine and the moment (tokens/s, times, memory)
+are replaced with fixed ones and the meters frozen before each screenshot.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_app import reply_done, send, until
+from textual.pilot import Pilot
+
+from engine import MemoryReading, TurnStats
+from themes import DARK, LIGHT
+from workbench.app import WorkbenchApp, make_args
+
+SIZE = (130, 42)
+FIXED_STATS = TurnStats(
+    prompt_tokens=29, reused_tokens=0, prefill_tokens=29, prefill_tps=512.0, ttft_s=0.061,
+    decode_tps=243.7, generated_tokens=24, finish_reason="length", peak_memory=16_000_000,
+    kv_bytes=1_200_000, context_tokens=53,
+)
+FIXED_MEMORY = MemoryReading(
+    mlx_active=13_400_000, mlx_peak=16_000_000, mlx_cache=0, process_rss=420_000_000,
+    system_available=12_600_000_000, system_total=17_100_000_000,
+    device_total=17_100_000_000, weight_bytes=11_800_000, kv_bytes=1_200_000,
+)
+FIXED_RATE = [0.0] * 39 + [150.0, 231.0, 244.0, 239.0, 251.0, 246.0, 240.0, 248.0, 0.0]
+
+
+def make_app(demo_kit, theme: str) -> WorkbenchApp:
+    return WorkbenchApp(make_args(model=str(demo_kit.llama), temperature=0.0, seed=0,
+                                  max_tokens=24, theme=theme))
+
+
+async def freeze(pilot: Pilot) -> None:
+    """Show fixed numbers in every live meter and stop them changing."""
+    app = pilot.app
+    assert isinstance(app, WorkbenchApp)
+    throughput = app.sidebar.throughput
+    throughput.show_stats(FIXED_STATS)
+    throughput.samples.clear()
+    throughput.samples.extend(FIXED_RATE)
+    app.sidebar.memory.record(FIXED_MEMORY)
+    app.sidebar.model.record_context(FIXED_STATS.context_tokens)
+    for turn in app.chat.turns():
+        if hasattr(turn, "show_stats"):
+            turn.show_stats(FIXED_STATS)
+    app.freeze_meters()
+    app.prompt.cursor_blink = False
+    await pilot.pause()
+
+
+async def loaded(pilot: Pilot) -> None:
+    app = pilot.app
+    assert isinstance(app, WorkbenchApp)
+    await until(pilot, lambda: app.model_ready, "the model to load")
+
+
+async def after_a_reply(pilot: Pilot) -> None:
+    app = pilot.app
+    assert isinstance(app, WorkbenchApp)
+    await loaded(pilot)
+    await send(pilot, "What is a list comprehension?")
+    await reply_done(pilot, app)
+    await freeze(pilot)
+
+
+async def settings_open(pilot: Pilot) -> None:
+    await loaded(pilot)
+    await freeze(pilot)
+    await pilot.press("f2")
+    await pilot.pause()
+
+
+async def help_open(pilot: Pilot) -> None:
+    await loaded(pilot)
+    await freeze(pilot)
+    await pilot.press("f1")
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("theme", [DARK, LIGHT])
+def test_main_screen_after_a_reply(snap_compare, demo_kit, theme: str) -> None:
+    assert snap_compare(make_app(demo_kit, theme), terminal_size=SIZE, run_before=after_a_reply)
+
+
+@pytest.mark.parametrize("theme", [DARK, LIGHT])
+def test_settings_screen(snap_compare, demo_kit, theme: str) -> None:
+    assert snap_compare(make_app(demo_kit, theme), terminal_size=SIZE, run_before=settings_open)
+
+
+@pytest.mark.parametrize("theme", [DARK, LIGHT])
+def test_help_screen(snap_compare, demo_kit, theme: str) -> None:
+    assert snap_compare(make_app(demo_kit, theme), terminal_size=SIZE, run_before=help_open)

@@ -1,0 +1,105 @@
+"""Every key binding of the app in one place, each with an id the config can remap.
+
+The ids are what a user writes in the ``[keys]`` table of the config (``regenerate =
+"ctrl+g"``); ``App.set_keymap`` applies them. The help screen and the command palette read
+the same lists, so they never disagree with what the keys do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+APP_BINDINGS: list[Binding] = [
+    Binding("ctrl+q", "quit", "Quit", id="quit", priority=True),
+    Binding("escape", "cancel_reply", "Stop", id="cancel"),
+    Binding("ctrl+r", "regenerate", "Regenerate", id="regenerate"),
+    Binding("ctrl+l", "edit_last", "Edit last", id="edit-last"),
+    Binding("ctrl+o", "copy_last", "Copy reply", id="copy-last"),
+    Binding("ctrl+n", "new_chat", "New chat", id="new-chat"),
+    Binding("f2", "settings", "Settings", id="settings"),
+    Binding("f1", "help", "Help", id="help"),
+    Binding("ctrl+b", "toggle_sidebar", "Sidebar", id="toggle-sidebar"),
+    Binding("ctrl+p", "command_palette", "Commands", id="command-palette", show=False),
+    Binding("ctrl+t", "change_theme", "Theme", id="theme", show=False),
+    Binding("f12", "screenshot", "Screenshot", id="screenshot", show=False),
+]
+
+PROMPT_BINDINGS: list[Binding] = [
+    Binding("enter", "send", "Send", id="send", show=False),
+    Binding("ctrl+j,shift+enter", "newline", "Newline", id="newline", show=False),
+]
+
+SETTINGS_BINDINGS: list[Binding] = [
+    Binding("ctrl+s", "apply", "Apply", id="settings-apply"),
+    Binding("escape", "dismiss_settings", "Cancel", id="settings-cancel"),
+]
+
+HELP_TEXT: dict[str, str] = {
+    "quit": "Quit (the engine is closed cleanly)",
+    "cancel": "Stop the reply being generated (prefill or decode)",
+    "regenerate": "Generate the last reply again",
+    "edit-last": "Put your last message back in the prompt box to edit and resend it",
+    "copy-last": "Copy the last reply to the clipboard",
+    "new-chat": "Start a new conversation",
+    "settings": "System prompt and sampling settings",
+    "help": "This list of keys",
+    "toggle-sidebar": "Show or hide the sidebar (throughput, memory, model)",
+    "command-palette": "Search every command",
+    "theme": "Choose a theme (remembered in the config)",
+    "screenshot": "Save an SVG screenshot of the screen",
+    "send": "Send the message (prompt box)",
+    "newline": "Insert a new line (prompt box)",
+    "settings-apply": "Apply the settings (settings screen)",
+    "settings-cancel": "Close the settings without changing anything",
+}
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    """One line of the help screen."""
+
+    binding_id: str
+    keys: str
+    description: str
+
+
+def all_bindings() -> list[Binding]:
+    return [*APP_BINDINGS, *PROMPT_BINDINGS, *SETTINGS_BINDINGS]
+
+
+def known_ids() -> set[str]:
+    return {b.id for b in all_bindings() if b.id}
+
+
+def check_keymap(keymap: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Split the config's ``[keys]`` table into usable entries and one-line problems."""
+    known = known_ids()
+    good: dict[str, str] = {}
+    problems: list[str] = []
+    for binding_id, keys in keymap.items():
+        if binding_id not in known:
+            problems.append(f"config [keys]: unknown binding id {binding_id!r} (ignored); "
+                            f"known ids: {', '.join(sorted(known))}")
+        elif not keys.strip():
+            problems.append(f"config [keys]: {binding_id} has no keys (ignored)")
+        else:
+            good[binding_id] = keys
+    return good, problems
+
+
+def key_rows(keymap: Mapping[str, str], display: Iterable[tuple[str, str]] = ()) -> list[KeyRow]:
+    """The help screen's rows: each binding with the keys it has after the keymap.
+
+    ``display`` maps a raw key name to how the app shows it (e.g. ``ctrl+q`` -> ``^q``).
+    """
+    shown = dict(display)
+    rows = []
+    for binding in all_bindings():
+        assert binding.id is not None
+        keys = keymap.get(binding.id, binding.key)
+        pretty = ", ".join(shown.get(k.strip(), k.strip()) for k in keys.split(","))
+        rows.append(KeyRow(binding.id, pretty, HELP_TEXT.get(binding.id, binding.description)))
+    return rows

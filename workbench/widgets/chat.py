@@ -1,0 +1,174 @@
+"""The conversation pane: user and assistant turns, replies streamed as Markdown.
+
+A reply is streamed through Textual's ``MarkdownStream`` (``Markdown.get_stream``), fed by
+a 30 Hz flush of the text that arrived meanwhile: however fast the model is, the Markdown
+widget sees at most 30 appends a second, each one parsing only the last block, never the
+whole reply again. The scroll container is anchored, so it follows the reply until the user
+scrolls up.
+"""
+
+from __future__ import annotations
+
+import time
+
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.timer import Timer
+from textual.widgets import Markdown, Static
+from textual.widgets.markdown import MarkdownStream
+
+from engine import TurnStats
+
+FLUSH_INTERVAL_S = 1 / 30
+
+
+def format_turn_stats(stats: TurnStats) -> str:
+    """The quiet line under a reply: tokens, decode rate, time to first token, finish."""
+    finish = {
+        "stop": "done",
+        "length": "stopped at max tokens",
+        "context": "stopped: the context is full",
+        "cancelled": "cancelled",
+    }.get(stats.finish_reason, stats.finish_reason)
+    parts = [f"{stats.generated_tokens} tokens"]
+    if stats.generated_tokens:
+        parts.append(f"{stats.decode_tps:.1f} tok/s")
+        parts.append(f"first token {stats.ttft_s * 1000:.0f} ms")
+    if stats.reused_tokens:
+        parts.append(f"{stats.reused_tokens} prompt tokens from cache")
+    parts.append(finish)
+    return " · ".join(parts)
+
+
+class UserTurn(Static):
+    """What the user wrote, shown as typed (no markup, no Markdown)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text, markup=False, classes="turn user-turn")
+        self.text = text
+        self.border_title = "you"
+
+
+class AssistantTurn(Vertical):
+    """One reply: a Markdown body that grows while streaming, and a stats line under it."""
+
+    def __init__(self, title: str) -> None:
+        super().__init__(classes="turn assistant-turn")
+        self.border_title = title
+        self.text = ""
+        self.done = False
+        self.cancelled = False
+        self.first_text_at = 0.0  # perf_counter when the first text arrived
+        self.displayed_at = 0.0  # perf_counter when the whole reply was on screen
+        self._pending: list[str] = []
+        self._stream: MarkdownStream | None = None
+        self._flusher: Timer | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Markdown(classes="reply")
+        yield Static("", classes="turn-stats", markup=False)
+
+    @property
+    def markdown(self) -> Markdown:
+        return self.query_one(Markdown)
+
+    def note(self, text: str) -> None:
+        """Show ``text`` in the stats line (waiting for the model, prefill progress...)."""
+        self.query_one(".turn-stats", Static).update(text)
+
+    def write(self, text: str) -> None:
+        """Queue reply text; it reaches the screen with the next flush (cheap, no await)."""
+        if not text:
+            return
+        if not self.first_text_at:
+            self.first_text_at = time.perf_counter()
+        self.text += text
+        self._pending.append(text)
+        if self._stream is None:
+            self._stream = Markdown.get_stream(self.markdown)
+            self._flusher = self.set_interval(FLUSH_INTERVAL_S, self._flush)
+
+    async def _flush(self) -> None:
+        if self._pending and self._stream is not None:
+            text = "".join(self._pending)
+            self._pending.clear()
+            await self._stream.write(text)
+
+    async def finish(self, stats: TurnStats | None = None, error: str | None = None) -> None:
+        """Put the rest of the reply on screen, then the stats (or the error) under it."""
+        if self._flusher is not None:
+            self._flusher.stop()
+        await self._flush()
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        self.displayed_at = time.perf_counter()
+        self.done = True
+        if error is not None:
+            self.add_class("-error")
+            self.note(error)
+        elif stats is not None:
+            self.show_stats(stats)
+
+    def show_stats(self, stats: TurnStats) -> None:
+        self.cancelled = stats.finish_reason == "cancelled"
+        self.set_class(self.cancelled, "-cancelled")
+        self.note(format_turn_stats(stats))
+
+    async def show_text(self, text: str) -> None:
+        """Show a whole reply at once (a restored conversation)."""
+        self.text = text
+        await self.markdown.update(text)
+
+
+EMPTY_HINT = (
+    "Type a message below and press Enter.\n\n"
+    "Esc stops a reply · Ctrl+R regenerates it · Ctrl+L edits your last message · "
+    "F2 settings · F1 all keys · Ctrl+P every command"
+)
+
+
+class ChatView(VerticalScroll):
+    """The scrolling list of turns (with a hint while there are none)."""
+
+    def compose(self) -> ComposeResult:
+        yield Static(EMPTY_HINT, id="empty-hint", markup=False)
+
+    def on_mount(self) -> None:
+        self.anchor()
+
+    def _show_hint(self) -> None:
+        self.query_one("#empty-hint").display = not self.turns()
+
+    def turns(self) -> list[UserTurn | AssistantTurn]:
+        return [w for w in self.children if isinstance(w, UserTurn | AssistantTurn)]
+
+    async def add_user(self, text: str) -> UserTurn:
+        turn = UserTurn(text)
+        await self.mount(turn)
+        self._show_hint()
+        self.anchor()
+        return turn
+
+    async def add_assistant(self, title: str) -> AssistantTurn:
+        turn = AssistantTurn(title)
+        await self.mount(turn)
+        self.anchor()
+        return turn
+
+    def last_assistant(self) -> AssistantTurn | None:
+        for widget in reversed(self.turns()):
+            if isinstance(widget, AssistantTurn):
+                return widget
+        return None
+
+    async def remove_turns(self, count: int) -> None:
+        """Remove the last ``count`` turns."""
+        turns = self.turns()
+        if count > 0 and turns:
+            await self.remove_children(turns[-count:])
+        self._show_hint()
+
+    async def clear(self) -> None:
+        await self.remove_children(self.turns())
+        self._show_hint()

@@ -1,0 +1,290 @@
+"""The sidebar's live panes: throughput, memory and the model.
+
+Engine events arrive far faster than a person can read (hundreds of tokens a second), so
+the panes only *record* the latest values when told (``record_*``, a few attribute
+assignments) and repaint from a 10 Hz timer when something changed. The decode-rate
+sparkline is sampled by the same timer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widget import Widget
+from textual.widgets import Digits, Label, Sparkline, Static
+
+from engine import MemoryReading, ModelInfo, TurnStats
+from engine.memory import gb
+
+REPAINT_INTERVAL_S = 0.1
+SPARK_SAMPLES = 48
+
+
+def count(n: float) -> str:
+    """A parameter count, short: 3.4 M, 1.2 B."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f}"
+
+
+class Gauge(Widget):
+    """One line: a label, a bar for ``value`` out of ``total``, and a text value."""
+
+    COMPONENT_CLASSES: ClassVar[set[str]] = {
+        "gauge--label", "gauge--fill", "gauge--empty", "gauge--value",
+    }
+    DEFAULT_CSS = """
+    Gauge { height: 1; }
+    Gauge > .gauge--label { color: $text-muted; }
+    Gauge > .gauge--fill { color: $primary; }
+    Gauge > .gauge--empty { color: $panel-lighten-2; }
+    Gauge > .gauge--value { color: $text; }
+    Gauge.-high > .gauge--fill { color: $warning; }
+    """
+    LABEL_WIDTH = 9
+    VALUE_WIDTH = 13
+
+    def __init__(self, label: str, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.label = label
+        self.value = 0.0
+        self.total = 0.0
+        self.text = "–"
+
+    def set(self, value: float, total: float, text: str, high: float = 0.9) -> None:
+        if (value, total, text) == (self.value, self.total, self.text):
+            return
+        self.value, self.total, self.text = value, total, text
+        self.set_class(total > 0 and value / total >= high, "-high")
+        self.refresh()
+
+    def render(self) -> Text:
+        width = self.size.width
+        label = self.label[: self.LABEL_WIDTH].ljust(self.LABEL_WIDTH)
+        value = self.text[: self.VALUE_WIDTH].rjust(self.VALUE_WIDTH)
+        bar = max(0, width - len(label) - len(value) - 1)
+        frac = min(max(self.value / self.total, 0.0), 1.0) if self.total > 0 else 0.0
+        half_cells = round(frac * bar * 2)
+        full, half = divmod(half_cells, 2)
+        fill = "━" * full + ("╸" if half else "")
+        empty = "━" * (bar - len(fill))
+        style = self.get_component_rich_style
+        return Text.assemble(
+            (label, style("gauge--label")),
+            (fill, style("gauge--fill")),
+            (empty, style("gauge--empty")),
+            " ",
+            (value, style("gauge--value")),
+            no_wrap=True,
+        )
+
+
+class Pane(Vertical):
+    """A titled box in the sidebar that repaints only when its values changed."""
+
+    def __init__(self, title: str, *, id: str | None = None) -> None:
+        super().__init__(id=id, classes="pane")
+        self.border_title = title
+        self.dirty = True
+        self.frozen = False
+
+    def on_mount(self) -> None:
+        self.set_interval(REPAINT_INTERVAL_S, self.tick)
+
+    def tick(self) -> None:
+        if self.dirty and not self.frozen:
+            self.dirty = False
+            self.repaint()
+
+    def repaint(self) -> None:  # pragma: no cover - every pane overrides it
+        raise NotImplementedError
+
+
+class ThroughputPane(Pane):
+    """Decode tokens/s (big), its recent history, time to first token, prefill, cache reuse."""
+
+    def __init__(self) -> None:
+        super().__init__("Throughput", id="throughput")
+        self.streaming = False
+        self.decode_tps = 0.0
+        self.generated = 0
+        self.ttft_s: float | None = None
+        self.prefill_done = 0
+        self.prefill_total = 0
+        self.prefill_tps: float | None = None
+        self.prompt_tokens: int | None = None
+        self.reused_tokens: int | None = None
+        self.samples: deque[float] = deque([0.0] * SPARK_SAMPLES, maxlen=SPARK_SAMPLES)
+        self._last_sample = (0.0, 0)  # (time, generated) at the last sparkline sample
+        self._started = 0.0
+
+    def compose(self) -> ComposeResult:
+        yield Digits("0.0", id="decode-rate")
+        yield Label("tok/s decode", id="decode-label")
+        yield Sparkline(list(self.samples), id="rate-spark", summary_function=max)
+        yield Gauge("prefill", id="prefill-gauge")
+        yield Static("", id="throughput-facts", markup=False)
+
+    # -- recording (cheap: called for every batch of events) ------------------------------
+    def record_start(self) -> None:
+        """A reply was sent: clear the per-turn numbers."""
+        self.streaming = True
+        self._started = time.perf_counter()
+        self.decode_tps, self.generated, self.ttft_s = 0.0, 0, None
+        self.prefill_done = self.prefill_total = 0
+        self.prefill_tps = self.prompt_tokens = self.reused_tokens = None
+        self._last_sample = (self._started, 0)
+        self.dirty = True
+
+    def record_prefill(self, done: int, total: int) -> None:
+        self.prefill_done, self.prefill_total = done, total
+        self.dirty = True
+
+    def record_tokens(self, generated: int, decode_tps: float) -> None:
+        if self.ttft_s is None:
+            self.ttft_s = time.perf_counter() - self._started
+        self.generated, self.decode_tps = generated, decode_tps
+        self.dirty = True
+
+    def record_done(self, stats: TurnStats) -> None:
+        self.streaming = False
+        self.show_stats(stats)
+
+    def show_stats(self, stats: TurnStats) -> None:
+        """The final numbers of a turn, as the engine measured them."""
+        self.decode_tps = stats.decode_tps
+        self.generated = stats.generated_tokens
+        self.ttft_s = stats.ttft_s if stats.generated_tokens else None
+        self.prefill_tps = stats.prefill_tps or None
+        self.prefill_done = self.prefill_total = stats.prefill_tokens
+        self.prompt_tokens = stats.prompt_tokens
+        self.reused_tokens = stats.reused_tokens
+        self.dirty = True
+
+    # -- painting (10 Hz at most) ---------------------------------------------------------
+    def tick(self) -> None:
+        if self.streaming and not self.frozen:
+            now = time.perf_counter()
+            then, before = self._last_sample
+            if now > then:
+                self.samples.append((self.generated - before) / (now - then))
+            self._last_sample = (now, self.generated)
+            self.dirty = True
+        super().tick()
+
+    def repaint(self) -> None:
+        self.query_one("#decode-rate", Digits).update(f"{self.decode_tps:.1f}")
+        self.query_one("#rate-spark", Sparkline).data = list(self.samples)
+        gauge = self.query_one("#prefill-gauge", Gauge)
+        if self.prefill_total:
+            gauge.set(self.prefill_done, self.prefill_total,
+                      f"{self.prefill_done}/{self.prefill_total}", high=2.0)
+        else:
+            gauge.set(0, 0, "–")
+        lines = [
+            ("first token", "–" if self.ttft_s is None else f"{self.ttft_s * 1000:.0f} ms"),
+            ("prefill", "–" if self.prefill_tps is None else f"{self.prefill_tps:.0f} tok/s"),
+            ("generated", f"{self.generated} tok"),
+            ("cache reuse", "–" if self.reused_tokens is None or self.prompt_tokens is None
+             else f"{self.reused_tokens} of {self.prompt_tokens} tok"),
+        ]
+        self.query_one("#throughput-facts", Static).update(facts(lines))
+
+
+def facts(lines: list[tuple[str, str]]) -> Text:
+    """Label/value rows, the labels muted, for a narrow pane."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    for i, (name, value) in enumerate(lines):
+        if i:
+            text.append("\n")
+        text.append(f"{name:<12}", style="dim")
+        text.append(value)
+    return text
+
+
+class MemoryPane(Pane):
+    """MLX active and peak memory, weights, KV cache, and system memory left."""
+
+    def __init__(self) -> None:
+        super().__init__("Memory", id="memory")
+        self.reading: MemoryReading | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Gauge("active", id="mem-active")
+        yield Gauge("peak", id="mem-peak")
+        yield Gauge("weights", id="mem-weights")
+        yield Gauge("KV cache", id="mem-kv")
+        yield Gauge("sys free", id="mem-system")
+
+    def record(self, reading: MemoryReading) -> None:
+        self.reading = reading
+        self.dirty = True
+
+    def repaint(self) -> None:
+        r = self.reading
+        if r is None:
+            return
+        total = r.device_total or r.system_total
+        self.query_one("#mem-active", Gauge).set(r.mlx_active, total, gb(r.mlx_active))
+        self.query_one("#mem-peak", Gauge).set(r.mlx_peak, total, gb(r.mlx_peak))
+        self.query_one("#mem-weights", Gauge).set(r.weight_bytes, total, gb(r.weight_bytes))
+        self.query_one("#mem-kv", Gauge).set(r.kv_bytes, total, gb(r.kv_bytes))
+        used = r.system_total - r.system_available
+        self.query_one("#mem-system", Gauge).set(
+            r.system_available, r.system_total, f"{gb(r.system_available)} free",
+            high=2.0)
+        self.query_one("#mem-system", Gauge).set_class(used / max(r.system_total, 1) > 0.9,
+                                                       "-high")
+        kind = "system" if total == r.system_total else "device"
+        self.border_subtitle = f"bars: share of {gb(total)} {kind}"
+
+
+class ModelPane(Pane):
+    """Name, architecture, size, bits per weight, and context used against its length."""
+
+    def __init__(self) -> None:
+        super().__init__("Model", id="model")
+        self.info: ModelInfo | None = None
+        self.status = "starting…"
+        self.context_used = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="model-facts", markup=False)
+        yield Gauge("context", id="context-gauge")
+
+    def record_info(self, info: ModelInfo | None, status: str = "") -> None:
+        self.info = info
+        self.status = status
+        self.dirty = True
+
+    def record_context(self, tokens: int) -> None:
+        self.context_used = tokens
+        self.dirty = True
+
+    def repaint(self) -> None:
+        info = self.info
+        gauge = self.query_one("#context-gauge", Gauge)
+        if info is None:
+            self.query_one("#model-facts", Static).update(self.status)
+            gauge.set(0, 0, "–")
+            return
+        name = Text(info.name, style="bold", no_wrap=True, overflow="ellipsis")
+        if info.is_demo:
+            name.append("  demo", style="italic dim")
+        rows = [
+            ("arch", info.architecture),
+            ("parameters", count(info.num_parameters)),
+            ("bits/weight", f"{info.bits_per_weight:g}"),
+        ]
+        if info.adapter:
+            rows.append(("adapter", info.adapter.rstrip("/").rsplit("/", 1)[-1]))
+        self.query_one("#model-facts", Static).update(Text("\n").join([name, facts(rows)]))
+        limit = info.context_length
+        gauge.set(self.context_used, limit, f"{self.context_used}/{limit}" if limit else
+                  f"{self.context_used}")

@@ -1,0 +1,42 @@
+"""The collapsible sidebar that holds the live panes.
+
+Other features add panes of their own (the adapters issue adds an Adapters pane) with
+``Sidebar.add_pane``: they go after the built-in panes, in the order they are added.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widget import Widget
+
+from .meters import MemoryPane, ModelPane, Pane, ThroughputPane
+
+
+class Sidebar(VerticalScroll):
+    def compose(self) -> ComposeResult:
+        yield ThroughputPane()
+        yield MemoryPane()
+        yield ModelPane()
+
+    @property
+    def throughput(self) -> ThroughputPane:
+        return self.query_one(ThroughputPane)
+
+    @property
+    def memory(self) -> MemoryPane:
+        return self.query_one(MemoryPane)
+
+    @property
+    def model(self) -> ModelPane:
+        return self.query_one(ModelPane)
+
+    async def add_pane(self, pane: Widget) -> None:
+        """Mount another pane (e.g. Adapters) under the built-in ones."""
+        await self.mount(pane)
+
+    def freeze(self) -> None:
+        """Stop repainting the live panes: what they show now stays (for screenshots)."""
+        for pane in self.query(Pane):
+            pane.repaint()
+            pane.frozen = True
