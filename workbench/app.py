@@ -46,6 +46,7 @@ from .config import Config, save_config
 from .keymap import APP_BINDINGS, HELP_TEXT, all_bindings, check_keymap, key_rows
 from .screens import HelpScreen, SettingsResult, SettingsScreen
 from .widgets import AssistantTurn, Banner, ChatView, PromptBox, Sidebar, StatusLine
+from .widgets.pacer import FramePacer
 
 MEMORY_POLL_S = 2.0
 # Actions the command palette already offers through Textual's own system commands.
@@ -81,6 +82,7 @@ class WorkbenchApp(App[int]):
         self.replying = False
         self.ignore_eos = False  # benchmarks: keep a reply going to max_tokens
         self.meters_frozen = False
+        self.pacer = FramePacer()
         self._load_finished = asyncio.Event()  # set when the load ends, loaded or not
         self._stop_requested = False
         self.engine = engine or runtime.start_engine(args, config)
@@ -134,7 +136,8 @@ class WorkbenchApp(App[int]):
         self.prompt.focus()
         self.set_interval(MEMORY_POLL_S, self.poll_memory)
         self.theme_changed_signal.subscribe(self, self._remember_theme)
-        self.load_model()
+        # After the first frame: the engine thread's imports (mlx-lm) would delay it.
+        self.call_after_refresh(self.load_model)
 
     async def on_unmount(self) -> None:
         await asyncio.to_thread(self.engine.close)
@@ -206,6 +209,11 @@ class WorkbenchApp(App[int]):
     def model_ready(self) -> bool:
         return self.model_info is not None
 
+    @property
+    def load_finished(self) -> bool:
+        """The load has ended, with a model or with an error."""
+        return self._load_finished.is_set()
+
     # -- memory, when idle ---------------------------------------------------------------
     def poll_memory(self) -> None:
         if not self.engine.busy and not self.meters_frozen:
@@ -254,14 +262,15 @@ class WorkbenchApp(App[int]):
         stream = self.engine.chat(self.conversation(), self.params, ignore_eos=self.ignore_eos)
         throughput, memory = self.sidebar.throughput, self.sidebar.memory
         throughput.record_start()
+        frames = asyncio.create_task(self._paint_frames(turn))
         final: TurnDone | Error | None = None
         try:
             async for batch in stream.batches():
-                texts: list[str] = []
+                # Only record here (cheap): the screen changes in _paint_frames.
                 token = prefill = None
                 for event in batch:
                     if isinstance(event, TokenText):
-                        texts.append(event.text)
+                        turn.write(event.text)
                         token = event
                     elif isinstance(event, PrefillProgress):
                         prefill = event
@@ -273,19 +282,34 @@ class WorkbenchApp(App[int]):
                         final = event
                 if prefill is not None:
                     throughput.record_prefill(prefill.done, prefill.total)
-                    if not turn.text:
+                    if not token and not turn.text:
                         turn.note(f"reading the prompt: {prefill.done}/{prefill.total} tokens")
                         self.status.state = "reading the prompt…"
                 if token is not None:
-                    if not turn.text:
+                    if throughput.generated == 0:  # the first text of the reply
                         turn.note("")
                         self.status.state = "writing…"
-                    turn.write("".join(texts))
                     throughput.record_tokens(token.generated, token.decode_tps)
         finally:
+            frames.cancel()
             if final is None:  # the worker was cancelled (the app is closing)
                 stream.cancel_flag.set()
         await self._finish_reply(turn, final)
+
+    async def _paint_frames(self, turn: AssistantTurn) -> None:
+        """Put what arrived on screen, as often as the pacer allows (see widgets/pacer.py)."""
+        self.sidebar.paced = True
+        self.prompt.cursor_blink = False  # no blinking frames while the model writes
+        self.pacer.start()
+        try:
+            while True:
+                await asyncio.sleep(self.pacer.interval)
+                await turn.flush()
+                self.sidebar.tick()
+                self.pacer.measure(self.sidebar.throughput.decode_tps)
+        finally:
+            self.sidebar.paced = False
+            self.prompt.cursor_blink = True
 
     async def _finish_reply(self, turn: AssistantTurn, final: TurnDone | Error | None) -> None:
         self.sidebar.throughput.streaming = False

@@ -1,10 +1,10 @@
 """The conversation pane: user and assistant turns, replies streamed as Markdown.
 
-A reply is streamed through Textual's ``MarkdownStream`` (``Markdown.get_stream``), fed by
-a 30 Hz flush of the text that arrived meanwhile: however fast the model is, the Markdown
-widget sees at most 30 appends a second, each one parsing only the last block, never the
-whole reply again. The scroll container is anchored, so it follows the reply until the user
-scrolls up.
+A reply is streamed through Textual's ``MarkdownStream`` (``Markdown.get_stream``): text is
+queued as it arrives (``write``, cheap) and handed to the stream once per frame (``flush``,
+paced by the app, see ``pacer.py``), so however fast the model is, the Markdown widget sees
+a few appends a second, each one parsing only the last block, never the whole reply again.
+The scroll container is anchored, so it follows the reply until the user scrolls up.
 """
 
 from __future__ import annotations
@@ -13,13 +13,10 @@ import time
 
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
-from textual.timer import Timer
 from textual.widgets import Markdown, Static
 from textual.widgets.markdown import MarkdownStream
 
 from engine import TurnStats
-
-FLUSH_INTERVAL_S = 1 / 30
 
 
 def format_turn_stats(stats: TurnStats) -> str:
@@ -58,11 +55,11 @@ class AssistantTurn(Vertical):
         self.text = ""
         self.done = False
         self.cancelled = False
+        self.stats: TurnStats | None = None
         self.first_text_at = 0.0  # perf_counter when the first text arrived
         self.displayed_at = 0.0  # perf_counter when the whole reply was on screen
         self._pending: list[str] = []
         self._stream: MarkdownStream | None = None
-        self._flusher: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield Markdown(classes="reply")
@@ -84,21 +81,20 @@ class AssistantTurn(Vertical):
             self.first_text_at = time.perf_counter()
         self.text += text
         self._pending.append(text)
+
+    async def flush(self) -> None:
+        """Hand the text queued since the last flush to the Markdown stream."""
+        if not self._pending:
+            return
         if self._stream is None:
             self._stream = Markdown.get_stream(self.markdown)
-            self._flusher = self.set_interval(FLUSH_INTERVAL_S, self._flush)
-
-    async def _flush(self) -> None:
-        if self._pending and self._stream is not None:
-            text = "".join(self._pending)
-            self._pending.clear()
-            await self._stream.write(text)
+        text = "".join(self._pending)
+        self._pending.clear()
+        await self._stream.write(text)
 
     async def finish(self, stats: TurnStats | None = None, error: str | None = None) -> None:
         """Put the rest of the reply on screen, then the stats (or the error) under it."""
-        if self._flusher is not None:
-            self._flusher.stop()
-        await self._flush()
+        await self.flush()
         if self._stream is not None:
             await self._stream.stop()
             self._stream = None
@@ -111,6 +107,7 @@ class AssistantTurn(Vertical):
             self.show_stats(stats)
 
     def show_stats(self, stats: TurnStats) -> None:
+        self.stats = stats
         self.cancelled = stats.finish_reason == "cancelled"
         self.set_class(self.cancelled, "-cancelled")
         self.note(format_turn_stats(stats))

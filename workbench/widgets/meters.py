@@ -2,8 +2,9 @@
 
 Engine events arrive far faster than a person can read (hundreds of tokens a second), so
 the panes only *record* the latest values when told (``record_*``, a few attribute
-assignments) and repaint from a 10 Hz timer when something changed. The decode-rate
-sparkline is sampled by the same timer.
+assignments) and repaint on ``tick`` when something changed: from the sidebar's 10 Hz timer
+when no reply streams, from the app's paced frames while one does. The decode-rate
+sparkline is sampled on the same ticks.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from textual.widgets import Digits, Label, Sparkline, Static
 from engine import MemoryReading, ModelInfo, TurnStats
 from engine.memory import gb
 
-REPAINT_INTERVAL_S = 0.1
 SPARK_SAMPLES = 48
 
 
@@ -93,9 +93,6 @@ class Pane(Vertical):
         self.border_title = title
         self.dirty = True
         self.frozen = False
-
-    def on_mount(self) -> None:
-        self.set_interval(REPAINT_INTERVAL_S, self.tick)
 
     def tick(self) -> None:
         if self.dirty and not self.frozen:
@@ -194,7 +191,8 @@ class ThroughputPane(Pane):
             ("cache reuse", "–" if self.reused_tokens is None or self.prompt_tokens is None
              else f"{self.reused_tokens} of {self.prompt_tokens} tok"),
         ]
-        self.query_one("#throughput-facts", Static).update(facts(lines))
+        # A fixed height (app.tcss), so a repaint needs no new layout of the screen.
+        self.query_one("#throughput-facts", Static).update(facts(lines), layout=False)
 
 
 def facts(lines: list[tuple[str, str]]) -> Text:

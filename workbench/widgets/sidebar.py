@@ -12,8 +12,26 @@ from textual.widget import Widget
 
 from .meters import MemoryPane, ModelPane, Pane, ThroughputPane
 
+IDLE_REPAINT_S = 0.1
+
 
 class Sidebar(VerticalScroll):
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.paced = False  # True while a reply streams: the app's frames call tick()
+
+    def on_mount(self) -> None:
+        self.set_interval(IDLE_REPAINT_S, self._idle_tick)
+
+    def _idle_tick(self) -> None:
+        if not self.paced:
+            self.tick()
+
+    def tick(self) -> None:
+        """Repaint the panes whose values changed."""
+        for pane in self.query(Pane):
+            pane.tick()
+
     def compose(self) -> ComposeResult:
         yield ThroughputPane()
         yield MemoryPane()
