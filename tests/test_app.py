@@ -13,6 +13,8 @@ from workbench.app import WorkbenchApp, make_args
 from workbench.config import Config, load_config, save_config
 from workbench.screens import HelpScreen, SettingsScreen
 from workbench.widgets import AssistantTurn, Gauge, UserTurn
+from workbench.widgets.chat import visible
+from workbench.widgets.pacer import FASTEST_S, SLOWEST_S, FramePacer
 
 SIZE = (120, 40)
 
@@ -85,7 +87,8 @@ async def test_reply_streams_into_the_chat(demo_kit) -> None:
         partial = turn.markdown.source
         turn = await reply_done(pilot, app)
         assert len(turn.markdown.source) > len(partial)
-        assert turn.markdown.source == turn.text == app.messages[-1]["content"]
+        assert turn.markdown.source == visible(turn.text)
+        assert turn.text == app.messages[-1]["content"]
         assert [m["role"] for m in app.messages] == ["user", "assistant"]
         line = stats_line(turn)
         assert "160 tokens" in line and "tok/s" in line and "first token" in line
@@ -349,3 +352,41 @@ async def test_ctrl_q_quits_cleanly_and_closes_the_engine(demo_kit) -> None:
         await pilot.press("ctrl+q")
     assert app.return_code == 0
     assert not app.engine._thread.is_alive()
+
+
+async def test_control_characters_in_a_reply_cannot_reach_the_terminal(demo_kit) -> None:
+    app = make_app(demo_kit)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.chat.add_user("paste\x07")
+        turn = await app.chat.add_assistant("llama")
+        turn.write("plain \x1b[2J\x1b]0;title\x07 text\tand\nlines\x7f")
+        await turn.finish()
+        await pilot.pause()
+        source = turn.markdown.source
+        assert "\x1b" not in source and "\x07" not in source and "\x7f" not in source
+        assert "␛[2J" in source and "\tand\nlines␡" in source
+        assert str(turn.query_one(".reply").render()) is not None
+        assert "\x07" not in str(app.chat.turns()[0].render())
+
+
+def test_frame_pacer_backs_off_when_the_ui_is_busy_and_recovers() -> None:
+    """Frames get rarer while painting costs the UI thread more than its budget (so the
+    engine keeps the interpreter), and frequent again when it costs little."""
+    import time
+
+    pacer = FramePacer()
+    pacer.start()
+
+    def busy(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    for _ in range(6):  # a fast reply (500 tok/s) and a UI thread busy all the time
+        busy(0.02)
+        pacer.measure(500.0)
+    assert pacer.interval == SLOWEST_S and pacer.share > 0.5
+    for _ in range(12):  # the UI thread idle
+        time.sleep(0.01)
+        pacer.measure(500.0)
+    assert pacer.interval == FASTEST_S

@@ -18,6 +18,15 @@ from textual.widgets.markdown import MarkdownStream
 
 from engine import TurnStats
 
+# C0 control characters (except tab and newline) and DEL, shown as their Unicode control
+# pictures: a model (or a paste) must not be able to send escape sequences to the terminal.
+_CONTROLS = {c: 0x2400 + c for c in range(0x20) if c not in (0x09, 0x0A)} | {0x7F: 0x2421}
+
+
+def visible(text: str) -> str:
+    """``text`` with control characters made harmless and visible."""
+    return text.translate(_CONTROLS)
+
 
 def format_turn_stats(stats: TurnStats) -> str:
     """The quiet line under a reply: tokens, decode rate, time to first token, finish."""
@@ -41,7 +50,7 @@ class UserTurn(Static):
     """What the user wrote, shown as typed (no markup, no Markdown)."""
 
     def __init__(self, text: str) -> None:
-        super().__init__(text, markup=False, classes="turn user-turn")
+        super().__init__(visible(text), markup=False, classes="turn user-turn")
         self.text = text
         self.border_title = "you"
 
@@ -88,7 +97,7 @@ class AssistantTurn(Vertical):
             return
         if self._stream is None:
             self._stream = Markdown.get_stream(self.markdown)
-        text = "".join(self._pending)
+        text = visible("".join(self._pending))
         self._pending.clear()
         await self._stream.write(text)
 
@@ -115,7 +124,7 @@ class AssistantTurn(Vertical):
     async def show_text(self, text: str) -> None:
         """Show a whole reply at once (a restored conversation)."""
         self.text = text
-        await self.markdown.update(text)
+        await self.markdown.update(visible(text))
 
 
 EMPTY_HINT = (

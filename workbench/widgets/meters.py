@@ -4,7 +4,7 @@ Engine events arrive far faster than a person can read (hundreds of tokens a sec
 the panes only *record* the latest values when told (``record_*``, a few attribute
 assignments) and repaint on ``tick`` when something changed: from the sidebar's 10 Hz timer
 when no reply streams, from the app's paced frames while one does. The decode-rate
-sparkline is sampled on the same ticks.
+sparkline gets a point per 100 ms of decoding, however rarely it is painted.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from engine import MemoryReading, ModelInfo, TurnStats
 from engine.memory import gb
 
 SPARK_SAMPLES = 48
+SAMPLE_S = 0.1  # one sparkline point per 100 ms of decoding
 
 
 def count(n: float) -> str:
@@ -144,10 +145,20 @@ class ThroughputPane(Pane):
         self.dirty = True
 
     def record_tokens(self, generated: int, decode_tps: float) -> None:
+        now = time.perf_counter()
         if self.ttft_s is None:
-            self.ttft_s = time.perf_counter() - self._started
+            self.ttft_s = now - self._started
+            self._last_sample = (now, generated)
         self.generated, self.decode_tps = generated, decode_tps
+        self._sample(now)
         self.dirty = True
+
+    def _sample(self, now: float) -> None:
+        """One sparkline point per SAMPLE_S: the tokens/s since the previous point."""
+        then, before = self._last_sample
+        if now - then >= SAMPLE_S:
+            self.samples.append((self.generated - before) / (now - then))
+            self._last_sample = (now, self.generated)
 
     def record_done(self, stats: TurnStats) -> None:
         self.streaming = False
@@ -164,17 +175,7 @@ class ThroughputPane(Pane):
         self.reused_tokens = stats.reused_tokens
         self.dirty = True
 
-    # -- painting (10 Hz at most) ---------------------------------------------------------
-    def tick(self) -> None:
-        if self.streaming and not self.frozen:
-            now = time.perf_counter()
-            then, before = self._last_sample
-            if now > then:
-                self.samples.append((self.generated - before) / (now - then))
-            self._last_sample = (now, self.generated)
-            self.dirty = True
-        super().tick()
-
+    # -- painting (on ticks) --------------------------------------------------------------
     def repaint(self) -> None:
         self.query_one("#decode-rate", Digits).update(f"{self.decode_tps:.1f}")
         self.query_one("#rate-spark", Sparkline).data = list(self.samples)
