@@ -1,0 +1,299 @@
+"""Sessions in the full-screen app: --session, autosave, resume, the sessions screen, export.
+
+Driven by a Pilot on the llama demo model (real engine, greedy decoding, no network); the
+files are read back with the store itself, as a later run of the workbench would.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from test_app import SIZE, reply_done, send, stats_line, turns, until
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input, Static
+
+from sessions import SessionInUse, SessionStore
+from workbench.app import WorkbenchApp, make_args
+from workbench.screens.sessions import ConfirmScreen, SessionsScreen
+
+
+def start_app(demo_kit, folder: Path, *, model: bool = True, **overrides) -> WorkbenchApp:
+    if model:
+        overrides["model"] = str(demo_kit.llama)
+    return WorkbenchApp(make_args(temperature=0.0, seed=0, max_tokens=24,
+                                  sessions_dir=str(folder), **overrides))
+
+
+def session_status(app: WorkbenchApp) -> str:
+    return str(app.status.query_one("#status-session", Static).render())
+
+
+async def saved(pilot: Pilot, app: WorkbenchApp) -> None:
+    await until(pilot, lambda: app.session_saved, "the autosave")
+
+
+def read(folder: Path, name: str):
+    with SessionStore(folder) as store:
+        return store.open(name)
+
+
+def seed(folder: Path, name: str, title: str, model: str, turns: int = 1) -> None:
+    """A saved session made with the store, as an earlier run would have left it."""
+    with SessionStore(folder) as store:
+        session = store.new(name, title=title, model=model)
+        for i in range(turns):
+            session.add_user(f"{title}: question {i}")
+            session.add_reply(f"answer {i}")
+        store.save(session)
+
+
+async def sessions_screen(pilot: Pilot, app: WorkbenchApp) -> SessionsScreen:
+    await pilot.press("f3")
+    await until(pilot, lambda: isinstance(app.screen, SessionsScreen), "the sessions screen")
+    screen = app.screen
+    assert isinstance(screen, SessionsScreen)
+    return screen
+
+
+def names(screen: SessionsScreen) -> list[str]:
+    return [row.name for row in screen.rows]
+
+
+def table_text(screen: SessionsScreen) -> str:
+    table = screen.query_one("#sessions-table", DataTable)
+    return "\n".join(" | ".join(str(c) for c in table.get_row_at(i))
+                     for i in range(table.row_count))
+
+
+async def highlight(pilot: Pilot, screen: SessionsScreen, name: str) -> None:
+    screen.table.move_cursor(row=names(screen).index(name))
+    await pilot.pause()
+    assert screen.highlighted_name == name
+
+
+def message(screen: SessionsScreen) -> str:
+    return str(screen.query_one("#sessions-message", Static).render())
+
+
+async def test_session_flag_autosaves_and_a_fresh_app_resumes_it_from_the_cache(
+        demo_kit, tmp_path) -> None:
+    folder, resumed = tmp_path / "sessions", tmp_path / "resumed"
+    app = start_app(demo_kit, folder, session="work")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model_ready, "the model to load")
+        assert session_status(app) == "session: work · not saved yet"
+        await send(pilot, "hello there")
+        first = (await reply_done(pilot, app)).text
+        await saved(pilot, app)
+        assert session_status(app) == "session: work · saved just now"
+        on_disk = read(folder, "work")
+        assert [(m.role, m.content) for m in on_disk.messages] == [
+            ("user", "hello there"), ("assistant", first)]
+        assert on_disk.messages[1].stats["generated_tokens"] == 24
+        assert (folder / "work.safetensors").stat().st_size > 0
+        await send(pilot, "and a second question")
+        second = (await reply_done(pilot, app)).text
+        await saved(pilot, app)
+        assert read(folder, "work").turns == 2
+        # What the next run will find, kept aside; this run goes on to a third turn.
+        shutil.copytree(folder, resumed)
+        await send(pilot, "a third one")
+        uninterrupted = await reply_done(pilot, app)
+        assert uninterrupted.stats is not None
+        # While the app runs, the session is its own: another writer is told so.
+        with SessionStore(folder) as other, pytest.raises(SessionInUse):
+            other.acquire("work")
+    with SessionStore(folder) as other:  # and free again once it has quit
+        other.acquire("work")
+
+    # A fresh app, no --model: the session's model, its conversation, its cache.
+    app = start_app(demo_kit, resumed, model=False, session="work")
+    async with app.run_test(size=SIZE) as pilot:
+        shown = ["hello there", first, "and a second question", second]
+        await until(pilot, lambda: [t.text for t in turns(app)] == shown
+                    and all(getattr(t, "done", True) for t in turns(app)),
+                    "the saved conversation")
+        await until(pilot, lambda: app.last_resume is not None, "the resume")
+        report = app.last_resume
+        assert report is not None and report.reused and report.prefilled_tokens == 0
+        assert report.cached_tokens > 0
+        assert app.model_info is not None
+        assert Path(app.model_info.path) == demo_kit.llama.resolve()
+        await send(pilot, "a third one")
+        third = await reply_done(pilot, app)
+        stats = third.stats
+        assert stats is not None
+        # The reply of the uninterrupted run, with no more prompt read than it needed:
+        # everything the saved cache held was reused.
+        assert third.text == uninterrupted.text
+        assert stats.reused_tokens == report.cached_tokens
+        assert stats.prefill_tokens == uninterrupted.stats.prefill_tokens
+        assert stats.prefill_tokens <= (stats.prompt_tokens - report.history_tokens
+                                        + report.history_tokens - report.cached_tokens)
+        assert "prompt tokens from cache" in stats_line(third)
+        await saved(pilot, app)
+    assert read(resumed, "work").turns == 3
+
+
+async def test_without_session_flag_each_conversation_is_saved_under_a_new_name(
+        demo_kit, tmp_path) -> None:
+    folder = tmp_path / "sessions"
+
+    async def one_conversation(expected: str) -> None:
+        app = start_app(demo_kit, folder)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.model_ready, "the model to load")
+            assert session_status(app) == ""
+            await send(pilot, f"this goes to {expected}")
+            await reply_done(pilot, app)
+            await saved(pilot, app)
+            assert session_status(app) == f"session: {expected} · saved just now"
+            # A new chat is a new session: the saved one is left as it was.
+            await pilot.press("ctrl+n")
+            await pilot.pause()
+            assert session_status(app) == ""
+        assert read(folder, expected).messages[0].content == f"this goes to {expected}"
+
+    await one_conversation("chat")
+    await one_conversation("chat-2")
+    assert read(folder, "chat").turns == 1
+
+
+async def test_sessions_screen_lists_filters_renames_deletes_and_opens(demo_kit, tmp_path):
+    folder = tmp_path / "sessions"
+    llama = str(demo_kit.llama)
+    seed(folder, "alpha", "about lists", llama, turns=2)
+    seed(folder, "beta", "about dicts", llama)
+    seed(folder, "gamma", "about sets", "demo/elsewhere")
+    (folder / "broken.toml").write_text("schema = 1\nmessages = 3\n")
+    app = start_app(demo_kit, folder)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.model_ready, "the model to load")
+        screen = await sessions_screen(pilot, app)
+        assert sorted(names(screen)) == ["alpha", "beta", "broken", "gamma"]
+        text = table_text(screen)
+        assert "about lists" in text and "demo/elsewhere" in text and "llama" in text
+        assert "cannot be opened" in text  # the damaged one, with why
+        alpha = screen.rows[names(screen).index("alpha")]
+        assert alpha.turns == 2 and alpha.size_bytes > 0
+
+        # Filter by text.
+        await pilot.press("slash", *"dicts")
+        assert names(screen) == ["beta"]
+        screen.query_one("#sessions-filter", Input).value = ""
+        await pilot.pause()
+        assert len(names(screen)) == 4
+        screen.table.focus()
+
+        # Rename beta to delta.
+        await highlight(pilot, screen, "beta")
+        await pilot.press("r")
+        form = screen.query_one("#sessions-form-input", Input)
+        assert form.has_focus and form.value == "beta"
+        form.value = "delta"
+        await pilot.press("enter")
+        await until(pilot, lambda: "delta" in names(screen), "the rename")
+        assert not (folder / "beta.toml").exists() and (folder / "delta.toml").exists()
+        assert read(folder, "delta").title == "about dicts"
+        # A bad name is refused with one line, and nothing changes.
+        await pilot.press("r")
+        form.value = "../escape"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert "not allowed" in message(screen) and (folder / "delta.toml").exists()
+        await pilot.press("escape")  # closes the form, not the screen
+        assert app.screen is screen
+
+        # Delete gamma: asked first; "no" keeps it, "yes" removes its files.
+        await highlight(pilot, screen, "gamma")
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question")
+        assert "gamma" in str(app.screen.query_one("#confirm-question", Static).render())
+        await pilot.press("n")
+        await until(pilot, lambda: app.screen is screen, "the answer")
+        assert (folder / "gamma.toml").exists()
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question")
+        await pilot.press("y")
+        await until(pilot, lambda: "gamma" not in names(screen), "the delete")
+        assert not (folder / "gamma.toml").exists()
+
+        # Open alpha: its conversation replaces the chat, and it is resumed (no cache file:
+        # its transcript is read again, with a notice).
+        await highlight(pilot, screen, "alpha")
+        await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, SessionsScreen), "the close")
+        shown = ["about lists: question 0", "answer 0", "about lists: question 1", "answer 1"]
+        await until(pilot, lambda: [t.text for t in turns(app)] == shown, "alpha's turns")
+        assert session_status(app).startswith("session: alpha · saved")
+        await until(pilot, lambda: app.last_resume is not None, "the resume")
+        assert app.last_resume is not None and not app.last_resume.reused
+        assert "missing" in app.last_resume.reason
+        # The next reply continues alpha, and is saved into it.
+        await send(pilot, "one more")
+        await reply_done(pilot, app)
+        await saved(pilot, app)
+    assert read(folder, "alpha").turns == 3
+
+
+async def test_new_session_and_markdown_export(demo_kit, tmp_path) -> None:
+    folder = tmp_path / "sessions"
+    app = start_app(demo_kit, folder)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await until(pilot, lambda: app.model_ready, "the model to load")
+        await send(pilot, "Tell me about exports")
+        reply = (await reply_done(pilot, app)).text
+        await saved(pilot, app)
+
+        # Export the open session: the sessions folder is offered, and the path is said.
+        screen = await sessions_screen(pilot, app)
+        await pilot.press("e")
+        form = screen.query_one("#sessions-form-input", Input)
+        assert form.value == str(folder / "chat.md")
+        await pilot.press("enter")
+        await pilot.pause()
+        exported = folder / "chat.md"
+        assert f"to {exported}" in message(screen)
+        text = exported.read_text()
+        assert text.startswith("# Tell me about exports")
+        assert "## You" in text and "Tell me about exports" in text
+        assert "## Assistant" in text and reply.strip()[:20] in text
+        # A chosen path (a folder) works too.
+        elsewhere = tmp_path / "out"
+        elsewhere.mkdir()
+        await pilot.press("e")
+        form.value = str(elsewhere)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert (elsewhere / "chat.md").read_text() == text
+        assert str(elsewhere / "chat.md") in message(screen)
+
+        # A new named session: an empty chat, saved at once, the old one kept.
+        await pilot.press("n")
+        assert form.value == "chat-2"
+        form.value = "fresh start"
+        await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, SessionsScreen), "the close")
+        assert turns(app) == [] and app.messages == []
+        assert session_status(app) == "session: fresh start · saved just now"
+        assert (folder / "fresh start.toml").exists() and read(folder, "chat").turns == 1
+        await send(pilot, "hi")
+        await reply_done(pilot, app)
+        await saved(pilot, app)
+        assert read(folder, "fresh start").turns == 1
+
+        # Deleting the open session clears the chat; the next reply starts another one.
+        screen = await sessions_screen(pilot, app)
+        await highlight(pilot, screen, "fresh start")
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the question")
+        assert "open conversation" in str(
+            app.screen.query_one("#confirm-question", Static).render())
+        await pilot.press("y")
+        await until(pilot, lambda: "fresh start" not in names(screen), "the delete")
+        assert turns(app) == [] and session_status(app) == ""
+        assert not (folder / "fresh start.toml").exists()
+        await pilot.press("escape")
+        assert not isinstance(app.screen, SessionsScreen)
