@@ -42,6 +42,9 @@ from engine.stream import EventStream
 from themes import DARK, STYLESHEET, THEMES, register_themes, variable_defaults
 
 from . import runtime
+from .app_adapters import AdapterActions
+from .app_models import ModelActions
+from .app_sessions import SessionActions
 from .config import Config, save_config
 from .keymap import APP_BINDINGS, HELP_TEXT, all_bindings, check_keymap, key_rows
 from .screens import HelpScreen, SettingsResult, SettingsScreen
@@ -63,7 +66,7 @@ _COMMAND_TITLES = {
 }
 
 
-class WorkbenchApp(App[int]):
+class WorkbenchApp(AdapterActions, SessionActions, ModelActions, App[int]):
     TITLE = "MLX Workbench"
     CSS_PATH: ClassVar[CSSPathType | None] = [STYLESHEET, "app.tcss"]
     BINDINGS = APP_BINDINGS  # type: ignore[assignment]
@@ -136,6 +139,8 @@ class WorkbenchApp(App[int]):
         self.prompt.focus()
         self.set_interval(MEMORY_POLL_S, self.poll_memory)
         self.theme_changed_signal.subscribe(self, self._remember_theme)
+        self.open_start_session()  # --session NAME (app_sessions.py)
+        self.show_welcome_if_first_run()  # no model yet (app_models.py)
         # After the first frame: the engine thread's imports (mlx-lm) would delay it.
         self.call_after_refresh(self.load_model)
 
@@ -195,6 +200,8 @@ class WorkbenchApp(App[int]):
         banner.remove_class("-error")
         banner.show(runtime.demo_label(info) if info.is_demo else "")
         self.sidebar.model.record_info(info)
+        self.refresh_adapters()  # checked against this model (app_adapters.py)
+        self.after_model_loaded(info)  # remembered as recently used (app_models.py)
         self.poll_memory()
 
     def _load_failed(self, message: str) -> None:
@@ -320,7 +327,9 @@ class WorkbenchApp(App[int]):
             self.sidebar.throughput.record_done(final.stats)
             self.sidebar.model.record_context(final.stats.context_tokens)
             await turn.finish(final.stats)
+            self.note_turn_adapter(turn, final.stats)  # app_adapters.py
             self.status.state = ready
+            self.after_turn(final)  # autosave (app_sessions.py)
             return
         # Nothing came back: take the message out of the conversation, give its text back.
         if isinstance(final, Error):
@@ -395,6 +404,7 @@ class WorkbenchApp(App[int]):
     async def action_new_chat(self) -> None:
         if self._refuse_while_replying("start a new conversation"):
             return
+        self.leave_session()  # the next reply starts a new session (app_sessions.py)
         self.messages.clear()
         await self.chat.clear()
         self.engine.reset()

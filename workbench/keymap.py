@@ -22,6 +22,10 @@ APP_BINDINGS: list[Binding] = [
     Binding("f2", "settings", "Settings", id="settings"),
     Binding("f1", "help", "Help", id="help"),
     Binding("ctrl+b", "toggle_sidebar", "Sidebar", id="toggle-sidebar"),
+    Binding("f3", "sessions", "Sessions", id="sessions"),
+    Binding("f5", "models", "Models", id="models"),
+    Binding("f4", "focus_adapters", "Adapters", id="adapters", show=False),
+    Binding("f8", "compare_adapters", "Compare", id="compare-adapters", show=False),
     Binding("ctrl+p", "command_palette", "Commands", id="command-palette", show=False),
     Binding("ctrl+t", "change_theme", "Theme", id="theme", show=False),
     Binding("f12", "screenshot", "Screenshot", id="screenshot", show=False),
@@ -35,6 +39,33 @@ PROMPT_BINDINGS: list[Binding] = [
 SETTINGS_BINDINGS: list[Binding] = [
     Binding("ctrl+s", "apply", "Apply", id="settings-apply"),
     Binding("escape", "dismiss_settings", "Cancel", id="settings-cancel"),
+]
+
+ADAPTER_LIST_BINDINGS: list[Binding] = [
+    Binding("d", "details", "Details", id="adapter-details", show=False),
+]
+
+SCALE_BINDINGS: list[Binding] = [
+    Binding("left", "scale_down", "Less", id="scale-down", show=False),
+    Binding("right", "scale_up", "More", id="scale-up", show=False),
+]
+
+SESSIONS_BINDINGS: list[Binding] = [
+    Binding("n", "new_session", "New", id="sessions-new"),
+    Binding("r", "rename_session", "Rename", id="sessions-rename"),
+    Binding("d,delete", "delete_session", "Delete", id="sessions-delete"),
+    Binding("e", "export_session", "Export", id="sessions-export"),
+    Binding("slash", "focus_filter", "Filter", id="sessions-filter"),
+    Binding("escape", "close_sessions", "Close", id="sessions-close"),
+]
+
+MODELS_BINDINGS: list[Binding] = [
+    Binding("4", "quantize(4)", "4-bit copy", id="models-quantize-4"),
+    Binding("8", "quantize(8)", "8-bit copy", id="models-quantize-8"),
+    Binding("ctrl+d", "focus_download", "Download", id="models-download"),
+    Binding("ctrl+z", "cancel_job", "Cancel job", id="models-cancel"),
+    Binding("slash", "focus_filter", "Filter", id="models-filter"),
+    Binding("escape", "close_models", "Close", id="models-close"),
 ]
 
 HELP_TEXT: dict[str, str] = {
@@ -54,6 +85,25 @@ HELP_TEXT: dict[str, str] = {
     "newline": "Insert a new line (prompt box)",
     "settings-apply": "Apply the settings (settings screen)",
     "settings-cancel": "Close the settings without changing anything",
+    "adapters": "Go to the Adapters pane (Enter or a click activates one)",
+    "compare-adapters": "Answer your last message under two adapters, side by side; keep one",
+    "adapter-details": "Show the highlighted adapter's details and config (Adapters pane)",
+    "scale-down": "Lower the adapter's scale by 0.1 (scale control)",
+    "scale-up": "Raise the adapter's scale by 0.1, up to 2 times trained (scale control)",
+    "sessions": "Saved sessions: open, rename, delete, start one, export to Markdown",
+    "models": "Models on this machine: switch, download, quantize to 4 or 8 bits",
+    "sessions-new": "Start a new named session (sessions screen)",
+    "sessions-rename": "Rename the highlighted session (sessions screen)",
+    "sessions-delete": "Delete the highlighted session, after a confirmation (sessions screen)",
+    "sessions-export": "Export the open session to a Markdown file (sessions screen)",
+    "sessions-filter": "Filter the sessions by text (sessions screen)",
+    "sessions-close": "Close the sessions screen",
+    "models-quantize-4": "Write a 4-bit copy of the highlighted model (models screen)",
+    "models-quantize-8": "Write an 8-bit copy of the highlighted model (models screen)",
+    "models-download": "Type a repo id to download (models screen)",
+    "models-cancel": "Cancel the running download or quantization (models screen)",
+    "models-filter": "Filter the models by text (models screen)",
+    "models-close": "Close the models screen",
 }
 
 
@@ -67,7 +117,8 @@ class KeyRow:
 
 
 def all_bindings() -> list[Binding]:
-    return [*APP_BINDINGS, *PROMPT_BINDINGS, *SETTINGS_BINDINGS]
+    return [*APP_BINDINGS, *PROMPT_BINDINGS, *SETTINGS_BINDINGS, *ADAPTER_LIST_BINDINGS,
+            *SCALE_BINDINGS, *SESSIONS_BINDINGS, *MODELS_BINDINGS]
 
 
 def known_ids() -> set[str]:
