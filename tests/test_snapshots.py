@@ -57,6 +57,8 @@ async def loaded(pilot: Pilot) -> None:
     app = pilot.app
     assert isinstance(app, WorkbenchApp)
     await until(pilot, lambda: app.model_ready, "the model to load")
+    # The Adapters pane is filled after the load; its height moves the sidebar's scrollbar.
+    await until(pilot, lambda: app.adapters_pane.status == "", "the adapters to be listed")
 
 
 async def after_a_reply(pilot: Pilot) -> None:
@@ -65,6 +67,8 @@ async def after_a_reply(pilot: Pilot) -> None:
     await loaded(pilot)
     await send(pilot, "What is a list comprehension?")
     await reply_done(pilot, app)
+    # The status line says when the session was saved: wait for the autosave to be stable.
+    await until(pilot, lambda: app.session_saved, "the autosave")
     await freeze(pilot)
 
 
