@@ -10,6 +10,7 @@ prefill the rest in cancellable chunks, stream the reply.
 from __future__ import annotations
 
 import atexit
+import gc
 import itertools
 import queue
 import threading
@@ -118,6 +119,9 @@ class EngineCore:
         self._key_order.clear()
         self._pending_swap = None
         self.last_swap = None
+        # Modules can sit in reference cycles: collect them here, on the thread that made
+        # their arrays, not later on whichever thread the garbage collector next runs.
+        gc.collect()
         mx.synchronize()
         mx.clear_cache()
 
@@ -676,8 +680,13 @@ class Engine:
         with self._lock:
             return bool(self._pending)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Cancel what runs, stop the thread and free MLX state (no abort at exit)."""
+    def close(self, timeout: float = 120.0) -> None:
+        """Cancel what runs, stop the thread and free MLX state (no abort at exit).
+
+        A model load cannot be interrupted (mlx-lm loads in one call; a cold CUDA start took
+        11 s for a 1B model): the wait must outlast it, because an interpreter that exits
+        while the engine thread is inside MLX can abort.
+        """
         if self._closed:
             return
         self._closed = True
