@@ -86,8 +86,7 @@ class Output:
                        "finish_reason": stats.finish_reason, "stats": stats.to_dict(), **extra})
         else:
             self.console.print()
-            mark = " (cancelled)" if stats.finish_reason == "cancelled" else ""
-            self.console.print(format_stats(stats) + mark, style="dim", markup=False)
+            self.console.print(format_stats(stats), style="dim", markup=False)
 
 
 class PlainChat:
