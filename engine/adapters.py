@@ -7,7 +7,7 @@ thread. Checking an adapter against the loaded model, preparing it and swapping 
 ``engine.adapter_swap`` and run on the engine thread.
 
 Nothing here raises for a bad adapter: ``inspect_adapter`` returns an ``AdapterInfo`` with
-``valid=False`` and a one-line ``reason``. ``check_adapter_folder`` is the raising form.
+``valid=False`` and a one-line ``reason``.
 """
 
 from __future__ import annotations
@@ -288,14 +288,6 @@ def inspect_adapter(path: str | Path) -> AdapterInfo:
     except OSError as exc:  # unreadable folder, permissions
         return info.invalid(f"{path} cannot be read ({exc.strerror or exc}): check the folder")
     return info
-
-
-def check_adapter_folder(path: Path) -> dict[str, object]:
-    """Return the adapter's config, or raise a one-line ``AdapterError`` (files only)."""
-    info = inspect_adapter(path)
-    if not info.valid:
-        raise AdapterError(info.reason, path=info.path)
-    return info.config
 
 
 def _looks_like_candidate(path: Path) -> bool:

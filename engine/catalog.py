@@ -20,7 +20,7 @@ import json
 import math
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -435,15 +435,4 @@ def filter_models(entries: Iterable[ModelEntry], text: str) -> list[ModelEntry]:
                         e.params_label)).lower()
         if all(w in hay for w in words):
             out.append(e)
-    return out
-
-
-def with_fit(entries: Iterable[ModelEntry], available: int,
-             context_tokens: int = 4096) -> list[ModelEntry]:
-    """The same entries with ``fit`` recomputed (after a model was loaded or unloaded)."""
-    out = []
-    for e in entries:
-        report = fit_report(e.path, available, context_tokens)
-        out.append(replace(e, need_bytes=report.need, available_bytes=report.available,
-                           fit=report.verdict))
     return out

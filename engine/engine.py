@@ -105,7 +105,6 @@ class EngineCore:
         self.max_slots = self.adapters.max_prepared + 2
         self._key_order: dict[Any, None] = {}
         self._pending_swap: tuple[float, list[int]] | None = None
-        self.last_swap: AdapterState | None = None
 
     # -- model ---------------------------------------------------------------------------
     def unload(self) -> None:
@@ -118,7 +117,6 @@ class EngineCore:
         self.adapters.reset()
         self._key_order.clear()
         self._pending_swap = None
-        self.last_swap = None
         # Modules can sit in reference cycles: collect them here, on the thread that made
         # their arrays, not later on whichever thread the garbage collector next runs.
         gc.collect()
@@ -297,7 +295,6 @@ class EngineCore:
         _prepared, prepare_s, swap_s = self.adapters.activate(path, scale)
         self._switch_key(self.adapters.active_key(), old_key, swap_s)
         state = self.adapter_state(swap_ms=swap_s * 1000, prepare_ms=prepare_s * 1000)
-        self.last_swap = state
         return state
 
     def set_adapter_scale(self, scale: float) -> AdapterState:
@@ -309,7 +306,6 @@ class EngineCore:
         swap_s = time.perf_counter() - start
         self._switch_key(self.adapters.active_key(), old_key, swap_s)
         state = self.adapter_state(swap_ms=swap_s * 1000)
-        self.last_swap = state
         return state
 
     def _switch_key(self, new_key: AdapterKey | None, old_key: Any, swap_s: float) -> None:
@@ -527,7 +523,6 @@ class Engine:
                  memory_probe: mem.MemoryProbe | None = None,
                  max_prepared_adapters: int = DEFAULT_MAX_PREPARED) -> None:
         self._requests: queue.Queue[_Request | None] = queue.Queue()
-        self._current: EventStream | None = None
         self._pending: list[EventStream] = []
         self._lock = threading.Lock()
         self._closed = False

@@ -55,10 +55,6 @@ class EventStream:
             self._wakeup.set()
 
     # -- consumer side -------------------------------------------------------------------
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
     def _drain(self) -> tuple[list[Any], bool]:
         with self._cond:
             batch = list(self._items)

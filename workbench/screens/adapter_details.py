@@ -21,8 +21,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
 from engine.adapters import AdapterInfo
+from engine.memory import fmt_bytes
 
-from ..widgets.adapters import scale_label, size_label
+from ..widgets.adapters import scale_label
 from ..widgets.meters import count
 
 
@@ -39,7 +40,7 @@ def fact_rows(info: AdapterInfo) -> list[tuple[str, str]]:
         ("targets", ", ".join(info.keys) if info.keys else "every linear layer"),
         ("tensors", str(info.num_tensors)),
         ("parameters", count(info.num_parameters) if info.num_parameters else "?"),
-        ("weights file", size_label(info.size_bytes) if info.size_bytes else "?"),
+        ("weights file", fmt_bytes(info.size_bytes) if info.size_bytes else "?"),
         ("trained on", info.base_model or "not recorded"),
         ("checked against", info.checked_against or "its files only (no model loaded)"),
     ]

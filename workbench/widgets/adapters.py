@@ -23,6 +23,7 @@ from textual.widgets.option_list import Option
 from engine import TurnStats
 from engine.adapter_swap import AdapterState
 from engine.adapters import AdapterInfo
+from engine.memory import fmt_bytes
 
 from ..keymap import ADAPTER_LIST_BINDINGS, SCALE_BINDINGS
 from .meters import Gauge, Pane, facts
@@ -31,14 +32,6 @@ NO_ADAPTER = "No adapter"
 NONE_ID = "adapter:none"
 SCALE_MAX = 2.0
 SCALE_STEP = 0.1
-
-
-def size_label(n: int) -> str:
-    """A file size, short: 840 B, 24 KB, 3.1 MB, 1.2 GB."""
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}" if n < 10 * size else f"{n / size:.0f} {unit}"
-    return f"{n} B"
 
 
 def scale_label(scale: float | None) -> str:
@@ -69,7 +62,7 @@ def facts_line(info: AdapterInfo) -> str:
     parts = [f"{info.type_label} r{info.rank}" if info.rank else info.type_label,
              f"layers {info.layers_label}"]
     if info.size_bytes:
-        parts.append(size_label(info.size_bytes))
+        parts.append(fmt_bytes(info.size_bytes))
     return " · ".join(parts)
 
 
