@@ -76,6 +76,9 @@ class MemoryReading:
     device_total: int
     weight_bytes: int
     kv_bytes: int
+    # What a model load can count on now (the GPU's free memory on CUDA, else the system's):
+    # read on the engine thread, so a UI needs no MLX call of its own to judge a fit.
+    load_available: int = 0
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -1,7 +1,7 @@
 """Memory readings and the fit check made before a model is loaded.
 
 ``read_memory`` calls into MLX and so runs on the engine thread; ``available_memory``,
-``estimate_model_bytes`` and ``fit_report`` only read files and the OS and may run anywhere
+``fit_report`` only read files and the OS and may run anywhere
 (the models screen asks them for every model it lists).
 """
 
@@ -68,6 +68,7 @@ def read_memory(weight_bytes: int = 0, kv_bytes: int = 0) -> MemoryReading:
         device_total=device_total_memory(),
         weight_bytes=weight_bytes,
         kv_bytes=kv_bytes,
+        load_available=available_memory(),
     )
 
 
@@ -110,12 +111,6 @@ def _read_config(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return config if isinstance(config, dict) else {}
-
-
-def estimate_model_bytes(path: Path, context_tokens: int = 4096) -> tuple[int, int]:
-    """(weight bytes on disk, estimated bytes needed to run with ``context_tokens``)."""
-    report = fit_report(path, available=0, context_tokens=context_tokens)
-    return report.weights, report.need
 
 
 TIGHT_FRACTION = 0.85

@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import psutil
 from textual import work
 from textual.app import SystemCommand
 from textual.screen import Screen
@@ -116,7 +117,13 @@ class ModelActions(AppHost):
         from engine.catalog import partial_downloads, scan_models
 
         memory = recent.load()
-        entries = scan_models(recent.model_folders(), recent=[r.spec for r in memory.recent])
+        # Free memory from the engine's last reading (MLX is asked on its own thread only);
+        # before the first reading, the system's free memory.
+        reading = self.sidebar.memory.reading
+        available = (reading.load_available if reading is not None and reading.load_available
+                     else int(psutil.virtual_memory().available))
+        entries = scan_models(recent.model_folders(), recent=[r.spec for r in memory.recent],
+                              available=available)
         return entries, partial_downloads()
 
     # -- switching -----------------------------------------------------------------------
