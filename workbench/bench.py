@@ -148,17 +148,18 @@ def _table(results: dict[str, Any]) -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .runtime import demo_model_path
+    from .runtime import demo_model_path, on_engine
 
     say = (lambda _m: None) if args.json else (lambda m: print(m, file=sys.stderr))
-    model = args.model or str(demo_model_path(say))
-    results: dict[str, Any] = {"model": model}
+    results: dict[str, Any] = {}
     with Engine() as engine:
+        model = args.model or str(on_engine(engine, lambda: demo_model_path(say)))
+        results["model"] = model
         loaded = engine.load(model).wait()
         if not isinstance(loaded, ModelLoaded):
             print(f"workbench bench: {getattr(loaded, 'message', loaded)}", file=sys.stderr)
             return 1
-        results["backend"] = _backend()
+        results["backend"] = on_engine(engine, _backend)
         say(f"benchmarking {loaded.info.name}: {args.rounds} alternating rounds")
         results.update(measure(engine, args.prompt_tokens, args.gen_tokens,
                                args.history_tokens, args.rounds))

@@ -210,7 +210,7 @@ def run_adapter_bench(model: str | None = None, rounds: int = 5, *, big: bool = 
         tmp = Path(tmp_name)
         with Engine() as engine:
             if model is None:
-                kit = ensure_demo(paths.demo_dir())
+                kit = _on_engine(engine, lambda: ensure_demo(paths.demo_dir()))
                 label, model_path = "demo", str(kit.llama)
                 adapter_path = str(_on_engine(engine, lambda: build_adapter(
                     kit.llama, tmp / "demo-adapter" / BENCH_ADAPTER.name, BENCH_ADAPTER)))

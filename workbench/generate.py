@@ -7,7 +7,7 @@ import sys
 
 from engine import Error, Notice, TokenText, TurnDone, TurnStats
 
-from .runtime import choose_model, demo_label, load_blocking, setup, start_engine
+from .runtime import choose_model_on, demo_label, load_blocking, setup, start_engine
 
 
 def format_stats(stats: TurnStats) -> str:
@@ -21,9 +21,9 @@ def format_stats(stats: TurnStats) -> str:
 def run_generate(args: argparse.Namespace) -> int:
     config, params = setup(args)
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    choice = choose_model(args, config, None if args.quiet else _say)
     system = args.system if args.system is not None else (config.system_prompt or None)
     with start_engine(args, config) as engine:
+        choice = choose_model_on(engine, args, config, None if args.quiet else _say)
         loaded = load_blocking(engine, choice, quiet=args.quiet)
         if isinstance(loaded, Error):
             print(f"workbench: {loaded.message}", file=sys.stderr)

@@ -32,7 +32,7 @@ from sessions import Session, SessionStore, check_name, submit_autosave, submit_
 
 from . import paths
 from .generate import format_stats
-from .runtime import choose_model, demo_label, load_blocking, setup, start_engine
+from .runtime import choose_model_on, demo_label, load_blocking, setup, start_engine
 
 
 @dataclass
@@ -380,8 +380,8 @@ def run_plain(args: argparse.Namespace) -> int:
             session.system_prompt = args.system
         if not args.model and not args.demo and session.model:
             args.model = session.model
-    choice = choose_model(args, config, lambda msg: print(msg, file=sys.stderr))
     with start_engine(args, config) as engine:
+        choice = choose_model_on(engine, args, config, lambda msg: print(msg, file=sys.stderr))
         loaded = load_blocking(engine, choice, quiet=args.jsonl)
         if isinstance(loaded, Error):
             out.error(loaded.message, loaded.kind)

@@ -8,9 +8,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine import Engine, Error, LoadProgress, ModelInfo, ModelLoaded, SamplingParams
 from engine.demo import ensure_demo
+from engine.errors import WorkbenchError
 
 from . import paths
 from .config import Config, load_config
@@ -36,6 +38,25 @@ def choose_model(args: argparse.Namespace, config: Config,
     if getattr(args, "demo", False) or not (model or config.model):
         return ModelChoice(str(demo_model_path(progress)), True, adapter)
     return ModelChoice(model or config.model, False, adapter)
+
+
+def on_engine(engine: Engine, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on the engine thread and return its value (its error, as WorkbenchError).
+
+    Building the demo kit writes random weights and quantizes them: MLX work, which belongs on
+    the one thread that owns MLX, even in a script that has no other thread.
+    """
+    final = engine.submit(lambda _core, _emit, _cancel: fn()).wait()
+    if isinstance(final, Error):
+        raise WorkbenchError(final.message)
+    return final.value
+
+
+def choose_model_on(engine: Engine, args: argparse.Namespace, config: Config,
+                    progress: Callable[[str], None] | None = None) -> ModelChoice:
+    """``choose_model``, run on the engine thread (it may build the demo kit)."""
+    choice: ModelChoice = on_engine(engine, lambda: choose_model(args, config, progress))
+    return choice
 
 
 def start_engine(args: argparse.Namespace, config: Config) -> Engine:
