@@ -23,6 +23,13 @@ class LoadProgress:
     done: int = 0
     total: int = 0
 
+    def line(self) -> str:
+        """One line for people: the message, and the share done while downloading."""
+        if self.stage == "download" and self.total:
+            pct = 100 * self.done / self.total
+            return f"{self.message}: {pct:.0f}% of {self.total / 1e6:.0f} MB"
+        return self.message
+
 
 @dataclass(frozen=True, slots=True)
 class ModelInfo:

@@ -182,12 +182,10 @@ class WorkbenchApp(AdapterActions, SessionActions, ModelActions, App[int]):
         return final
 
     def _load_progress(self, event: LoadProgress) -> None:
+        self.status.state = event.line()
         if event.stage == "download" and event.total:
-            pct = 100 * event.done / event.total
-            self.status.state = f"{event.message}: {pct:.0f}% of {event.total / 1e6:.0f} MB"
             self.status.show_progress(event.done, event.total)
         else:
-            self.status.state = event.message
             self.status.show_progress()
         self.sidebar.model.record_info(None, event.message)
 

@@ -70,9 +70,7 @@ def load_blocking(engine: Engine, choice: ModelChoice, quiet: bool = False) -> M
     for event in engine.load(choice.spec, choice.adapter):
         if isinstance(event, LoadProgress) and not quiet:
             if event.stage == "download" and event.total:
-                pct = 100 * event.done / event.total
-                print(f"\r{event.message}: {pct:5.1f}% of {event.total / 1e6:.0f} MB",
-                      end="", file=sys.stderr, flush=True)
+                print(f"\r{event.line()}", end="", file=sys.stderr, flush=True)
             elif event.stage != "ready":
                 print(event.message, file=sys.stderr)
         elif isinstance(event, ModelLoaded):
