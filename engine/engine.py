@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from models.resolve import display_name, model_info, resolve_model
+
 from . import memory as mem
 from .adapter_swap import DEFAULT_MAX_PREPARED, AdapterKey, AdapterManager, AdapterState
 from .adapters import AdapterInfo, discover_adapters, inspect_adapter
@@ -38,7 +40,6 @@ from .events import (
     TurnDone,
     TurnStats,
 )
-from .loader import display_name, model_info, resolve_model
 from .sampling import SamplingParams, make_sampler_and_processors
 from .stream import EventStream
 

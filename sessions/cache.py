@@ -32,8 +32,8 @@ from typing import Any
 from engine.engine import CacheSlot, EngineCore
 from engine.errors import NoModel
 from engine.events import Notice
-from engine.loader import looks_like_repo_id
 from engine.stream import EventStream
+from models.resolve import looks_like_repo_id
 
 from .errors import SessionError
 from .files import atomic_write_with

@@ -22,7 +22,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def demo_kit(tmp_path_factory: pytest.TempPathFactory):
     """Both demo models, their 4-bit twins and the adapters (see engine/demo.py)."""
-    from engine.demo import build_demo
+    from models.demo import build_demo
 
     return build_demo(tmp_path_factory.mktemp("kit") / "demo")
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from workbench.bench_adapters import BIG_SPEC, run_adapter_bench
+from bench.adapters import BIG_SPEC, run_adapter_bench
 
 pytestmark = pytest.mark.slow
 

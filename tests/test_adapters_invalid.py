@@ -23,7 +23,7 @@ from engine.adapters import AdapterInfo, discover_adapters, inspect_adapter
 def other_models(demo_kit, tmp_path_factory):
     """Adapters made for two models that are not the llama demo: a narrower one (128 wide)
     and a deeper one (6 layers)."""
-    from engine.demo import ADAPTERS, DemoSpec, build_adapter, build_model
+    from models.demo import ADAPTERS, DemoSpec, build_adapter, build_model
 
     root = tmp_path_factory.mktemp("other-models")
     narrow = build_model(root / "narrow", DemoSpec("narrow", "llama", hidden_size=128,

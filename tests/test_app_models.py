@@ -15,7 +15,7 @@ from test_app import SIZE, reply_done, send, turns, until
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, OptionList, Static
 
-import engine.download
+import models.hub
 from workbench import recent, runtime
 from workbench.app import WorkbenchApp, make_args
 from workbench.config import Config, load_config, save_config
@@ -209,7 +209,7 @@ async def test_a_download_shows_progress_can_be_cancelled_and_resumes(
         demo_kit, hf_cache, monkeypatch) -> None:
     go_online(monkeypatch)
     # Report every MiB (the default 10 Hz limit could hide the progress before the hold).
-    monkeypatch.setattr(engine.download, "PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setattr(models.hub, "PROGRESS_INTERVAL_S", 0.0)
     with demo_hub(demo_kit.llama) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         hold = hub.hold(WEIGHTS, after=3 << 20)

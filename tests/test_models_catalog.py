@@ -14,7 +14,7 @@ import pytest
 from hub_server import place_in_hf_cache
 
 from engine import ModelLoaded
-from engine.catalog import describe_model, filter_models, scan_models
+from models.catalog import describe_model, filter_models, scan_models
 from workbench import recent
 
 BIG = 1 << 40  # "plenty of memory free"

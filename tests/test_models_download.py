@@ -13,15 +13,15 @@ import pytest
 from hub_server import DEMO_REPO, GATED_REPO, closed_port_url, demo_hub, go_online
 
 from engine import ModelLoaded, SamplingParams, TurnDone
-from engine.catalog import partial_downloads, scan_models
-from engine.download import (
+from engine.errors import DownloadError, ModelNotFound, OfflineError, WorkbenchError
+from models.catalog import partial_downloads, scan_models
+from models.hub import (
     ALLOW_PATTERNS,
     DownloadCancelled,
     DownloadProgress,
     fetch_model,
     hub_status,
 )
-from engine.errors import DownloadError, ModelNotFound, OfflineError, WorkbenchError
 
 REPO = DEMO_REPO
 WEIGHTS = "model.safetensors"

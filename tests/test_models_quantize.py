@@ -8,8 +8,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from engine import Error, ModelLoaded, Result, SamplingParams, TurnDone
-from engine.catalog import describe_model, scan_models
-from engine.quantize import (
+from models.catalog import describe_model, scan_models
+from models.quantize import (
     QuantizeError,
     QuantizeProgress,
     quantize,

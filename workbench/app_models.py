@@ -5,10 +5,10 @@
 - switching the model mid-conversation (``Engine.load`` on the engine thread; the
   conversation stays and is prefilled on the new model with the next message, and the
   app's usual "model loaded" path repaints the panes and the memory gauges);
-- downloads, in a thread worker (``engine.download.fetch_model`` does no MLX work), whose
+- downloads, in a thread worker (``models.hub.fetch_model`` does no MLX work), whose
   progress the worker only stores: the screens and the status line read it on their own
   10 Hz timers, so a fast download never floods the UI;
-- quantizations, on the engine thread (``engine.quantize.quantize_job``), whose new folder is
+- quantizations, on the engine thread (``models.quantize.quantize_job``), whose new folder is
   remembered (``workbench.recent``) so that it shows in the models list;
 - the recently used models: every successful load is remembered.
 """
@@ -26,10 +26,10 @@ from textual.app import SystemCommand
 from textual.screen import Screen
 
 from engine import Error, LoadProgress, ModelInfo, ModelLoaded, Notice, Result
-from engine.catalog import ModelEntry, PartialDownload
-from engine.download import DownloadCancelled, looks_like_repo_id
 from engine.errors import WorkbenchError
 from engine.stream import EventStream
+from models.catalog import ModelEntry, PartialDownload
+from models.hub import DownloadCancelled, looks_like_repo_id
 from sessions import sanitize_name
 
 from . import recent
@@ -114,7 +114,7 @@ class ModelActions(AppHost):
 
     def scan_models(self) -> tuple[list[ModelEntry], list[PartialDownload]]:
         """The models list (any thread: it reads files, never MLX)."""
-        from engine.catalog import partial_downloads, scan_models
+        from models.catalog import partial_downloads, scan_models
 
         memory = recent.load()
         # Free memory from the engine's last reading (MLX is asked on its own thread only);
@@ -229,8 +229,8 @@ class ModelActions(AppHost):
     @work(thread=True, exclusive=True, group="download", exit_on_error=False,
           description="download the model")
     def _download_worker(self, job: Job) -> None:
-        from engine.download import fetch_model
         from engine.memory import fmt_bytes
+        from models.hub import fetch_model
 
         def progress(p: Any) -> None:
             job.latest = p  # the UI's timer reads it (at most 10 times a second)
@@ -251,7 +251,7 @@ class ModelActions(AppHost):
 
     def start_quantize(self, entry: ModelEntry, bits: int) -> str | None:
         """Quantize the model ``entry`` to ``bits`` into a new folder; None, or why not."""
-        from engine.quantize import quantize_job
+        from models.quantize import quantize_job
 
         if entry.problem:
             return f"{entry.name} cannot be loaded, so it cannot be quantized: {entry.problem}"
@@ -280,7 +280,7 @@ class ModelActions(AppHost):
 
     @work(group="quantize", exit_on_error=False, description="quantize the model")
     async def _quantize_worker(self, job: Job, stream: EventStream) -> None:
-        from engine.quantize import QuantizeProgress
+        from models.quantize import QuantizeProgress
 
         final = None
         try:

@@ -169,7 +169,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_sessions(args)
     if command == "bench":
-        from .bench import run_bench
+        from bench.engine import run_bench
 
         return run_bench(args)
     handled = models_cli.run(args)

@@ -118,8 +118,8 @@ class _ProgressLine:
 # -- models --------------------------------------------------------------------------------
 
 def run_models(args: argparse.Namespace) -> int:
-    from engine.catalog import filter_models, partial_downloads, scan_models
     from engine.memory import available_memory, gb
+    from models.catalog import filter_models, partial_downloads, scan_models
 
     from . import recent
     from .config import load_config
@@ -189,9 +189,9 @@ def format_table(entries: list[Any]) -> str:
 # -- download ------------------------------------------------------------------------------
 
 def run_download(args: argparse.Namespace) -> int:
-    from engine.download import DownloadProgress, fetch_model, partial_bytes
     from engine.errors import WorkbenchError
     from engine.memory import fmt_bytes
+    from models.hub import DownloadProgress, fetch_model, partial_bytes
 
     line = _ProgressLine(quiet=args.quiet)
     last: list[DownloadProgress] = []
@@ -224,7 +224,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 def run_quantize(args: argparse.Namespace) -> int:
     from engine import Engine, Error, Result
-    from engine.quantize import QuantizeProgress, quantize_job
+    from models.quantize import QuantizeProgress, quantize_job
 
     from . import recent
 

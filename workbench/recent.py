@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.download import looks_like_repo_id
+from models.hub import looks_like_repo_id
 from sessions.files import atomic_write
 
 from . import paths
@@ -89,7 +89,7 @@ def recent_models() -> list[RecentModel]:
 
 
 def recent_specs() -> list[str]:
-    """For ``engine.catalog.scan_models(recent=...)``."""
+    """For ``models.catalog.scan_models(recent=...)``."""
     return [r.spec for r in load().recent]
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from engine import Engine, Error, LoadProgress, ModelInfo, ModelLoaded, SamplingParams
-from engine.demo import ensure_demo
 from engine.errors import WorkbenchError
+from models.demo import ensure_demo
 
 from . import paths
 from .config import Config, load_config

@@ -1,6 +1,6 @@
 """The models screen: every model on this machine, and getting new ones.
 
-It lists what ``engine.catalog.scan_models`` finds (the Hugging Face cache, the user's model
+It lists what ``models.catalog.scan_models`` finds (the Hugging Face cache, the user's model
 folders, the recently used models, recently used first) with the facts a user picks by: size
 on disk, bits per weight, parameters, context length and whether it fits in memory now. The
 scan reads only small files, in a thread, never MLX. Enter asks the app to load the chosen
@@ -31,7 +31,7 @@ from engine.memory import fmt_bytes, gb
 from ..keymap import MODELS_BINDINGS
 
 if TYPE_CHECKING:
-    from engine.catalog import ModelEntry, PartialDownload
+    from models.catalog import ModelEntry, PartialDownload
 
 JOB_REPAINT_S = 0.1  # the jobs' progress reaches the screen at most 10 times a second
 FIT_WORDS = {"fits": "yes", "tight": "tight", "too-big": "NO", "?": "?"}
@@ -253,7 +253,7 @@ class ModelsScreen(ModalScreen[str | None]):
         return info is not None and same_folder(entry.path, info.path)
 
     def _fill(self) -> None:
-        from engine.catalog import filter_models
+        from models.catalog import filter_models
 
         text = self.query_one("#models-filter", Input).value
         self.shown = filter_models(self.entries, text) if text.strip() else list(self.entries)

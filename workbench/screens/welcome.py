@@ -3,7 +3,7 @@
 Shown when no model is configured or given. It offers the four ways to start: download the
 recommended model (named in the config), open a local model folder, pick a model already in
 the Hugging Face cache, or try the demo model. Whether the Hub can be reached is asked in a
-thread (``engine.download.hub_status``: one connection attempt, no MLX); offline, the screen
+thread (``models.hub.hub_status``: one connection attempt, no MLX); offline, the screen
 says so at once and offers the other three. A download runs as the app's job (its progress
 shows here); when it is done the screen dismisses with the model to load.
 """
@@ -23,9 +23,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine.download import offline
 from engine.errors import WorkbenchError
 from engine.memory import gb
+from models.hub import offline
 
 from .models import FIT_WORDS, JOB_REPAINT_S, Job, JobHost, JobPanel
 
@@ -98,7 +98,7 @@ class WelcomeScreen(ModalScreen[WelcomeChoice]):
     @work(thread=True, exclusive=True, group="welcome-network", exit_on_error=False,
           description="check the network")
     def check_network(self) -> None:
-        from engine.download import hub_status
+        from models.hub import hub_status
 
         problem = hub_status()
         self.app.call_from_thread(self._show_network, problem is None, problem or "")
@@ -146,7 +146,7 @@ class WelcomeScreen(ModalScreen[WelcomeChoice]):
     @on(Button.Pressed, "#welcome-open")
     @on(Input.Submitted, "#welcome-folder")
     def _open_folder(self) -> None:
-        from engine.loader import check_model_folder
+        from models.resolve import check_model_folder
 
         text = self.query_one("#welcome-folder", Input).value.strip()
         error = self.query_one("#welcome-folder-error", Static)

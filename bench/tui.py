@@ -26,9 +26,8 @@ from typing import Any
 
 from engine import SamplingParams, TurnDone
 from engine.engine import Engine
-
-from .app import WorkbenchApp, make_args
-from .config import Config
+from workbench.app import WorkbenchApp, make_args
+from workbench.config import Config
 
 PROMPT = ("Write a long story about a lighthouse keeper who finds a message in a bottle, "
           "with a list of what the keeper does each day and a short poem at the end.")

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .download import cached_snapshot, looks_like_repo_id
-from .errors import WorkbenchError
-from .loader import check_model_folder
-from .memory import fmt_bytes
+from engine.errors import WorkbenchError
+from engine.memory import fmt_bytes
+
+from .hub import cached_snapshot, looks_like_repo_id
+from .resolve import check_model_folder
 
 BITS = (2, 3, 4, 5, 6, 8)  # what mlx's affine quantization supports
 GROUP_SIZES = (32, 64, 128)

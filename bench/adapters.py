@@ -39,7 +39,7 @@ from engine import (
     TurnDone,
     TurnStats,
 )
-from engine.demo import AdapterSpec, DemoSpec
+from models.demo import AdapterSpec, DemoSpec
 
 BIG_SPEC = DemoSpec(
     name="bench-0.5b", model_type="llama", hidden_size=1024, num_hidden_layers=32,
@@ -199,9 +199,8 @@ def run_adapter_bench(model: str | None = None, rounds: int = 5, *, big: bool = 
     ``big_build_s``. ``big_spec``, ``conversation_tokens`` and ``gen_tokens`` exist to run
     it small (tests, a quick look). Raises ``BenchError`` with one line if it cannot run.
     """
-    from engine.demo import build_adapter, build_model, ensure_demo
-
-    from . import paths
+    from models.demo import build_adapter, build_model, ensure_demo
+    from workbench import paths
 
     rounds = max(1, int(rounds))
     results: dict[str, Any] = {"rounds": rounds}

@@ -148,7 +148,7 @@ def _table(results: dict[str, Any]) -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .runtime import demo_model_path, on_engine
+    from workbench.runtime import demo_model_path, on_engine
 
     say = (lambda _m: None) if args.json else (lambda m: print(m, file=sys.stderr))
     results: dict[str, Any] = {}
@@ -164,12 +164,12 @@ def run_bench(args: argparse.Namespace) -> int:
         results.update(measure(engine, args.prompt_tokens, args.gen_tokens,
                                args.history_tokens, args.rounds))
     if args.tui:
-        from .bench_tui import run_tui_bench
+        from bench.tui import run_tui_bench
 
         say("running the app headless")
         results.update(run_tui_bench(model))
     if args.adapters:
-        from .bench_adapters import BenchError, run_adapter_bench
+        from bench.adapters import BenchError, run_adapter_bench
 
         say("measuring adapter swaps" + ("" if args.no_big else
                                          " (and building a ~0.5B model: slow on a CPU)"))
@@ -180,7 +180,7 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"workbench bench: {exc}", file=sys.stderr)
             return 1
     if args.sessions:
-        from .bench_sessions import run_session_bench
+        from bench.sessions import run_session_bench
 
         say("measuring session resume")
         results.update(run_session_bench(args.model))

@@ -1,7 +1,7 @@
 """Find a model (local folder or Hugging Face repo id), download it with progress, load it.
 
 ``resolve_model`` never imports mlx-lm; ``load_model`` does, and runs on the engine thread.
-The transfer itself (progress, cancel, resume) lives in ``engine.download``.
+The transfer itself (progress, cancel, resume) lives in ``models.hub``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .download import (
+from engine.errors import ModelNotFound, NotAModel, OfflineError
+from engine.events import LoadProgress, ModelInfo
+
+from .hub import (
     ALLOW_PATTERNS,
     DownloadCancelled,
     DownloadProgress,
@@ -21,8 +24,6 @@ from .download import (
     looks_like_repo_id,
     offline,
 )
-from .errors import ModelNotFound, NotAModel, OfflineError
-from .events import LoadProgress, ModelInfo
 
 Emit = Callable[[Any], None]
 

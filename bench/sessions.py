@@ -58,7 +58,7 @@ def run_session_bench(model: str | None = None, history_tokens: int = 2000) -> d
     ``session_sizes`` (those three after every turn), ``session_resume_load_ms`` (the
     resume job alone) and ``session_history_tokens``.
     """
-    from .runtime import demo_model_path, on_engine
+    from workbench.runtime import demo_model_path, on_engine
 
     params = SamplingParams(max_tokens=REPLY_TOKENS)
     with tempfile.TemporaryDirectory(prefix="workbench-bench-sessions-") as folder, \

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
-from .errors import DownloadError, ModelNotFound, OfflineError, WorkbenchError
-from .memory import fmt_bytes
+from engine.errors import DownloadError, ModelNotFound, OfflineError, WorkbenchError
+from engine.memory import fmt_bytes
 
 # What mlx-lm itself downloads for a model (mlx_lm.utils.DEFAULT_ALLOW_PATTERNS), minus
 # *.py: the workbench never runs a model's own code.

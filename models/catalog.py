@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .download import cached_snapshot, default_cache_dir
-from .memory import available_memory, fit_report, model_context_length
+from engine.memory import available_memory, fit_report, model_context_length
+
+from .hub import cached_snapshot, default_cache_dir
 
 SOURCE_CACHE = "hf-cache"
 SOURCE_FOLDER = "folder"
