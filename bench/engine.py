@@ -15,8 +15,9 @@ import sys
 import time
 from typing import Any
 
-from engine import Engine, Error, ModelLoaded, SamplingParams, TokenText, TurnDone
-from engine.engine import DEFAULT_PREFILL_STEP, EngineCore, _mask_tokens
+from engine import Engine, EngineCore, Error, ModelLoaded, SamplingParams, TokenText, TurnDone
+from engine.sampling import mask_tokens
+from engine.turn import DEFAULT_PREFILL_STEP
 
 
 def _text_of_tokens(core: EngineCore, n: int) -> str:
@@ -40,7 +41,7 @@ def _raw_run(core: EngineCore, prompt: list[int], gen_tokens: int) -> dict[str, 
     prompt_tps = 0.0
     for resp in stream_generate(core.model, core.tokenizer, mx.array(prompt),
                                 max_tokens=gen_tokens, sampler=make_sampler(0.0),
-                                logits_processors=[_mask_tokens(core.tokenizer.eos_token_ids)],
+                                logits_processors=[mask_tokens(core.tokenizer.eos_token_ids)],
                                 prefill_step_size=core.prefill_step_size):
         now = time.perf_counter()
         if not first:

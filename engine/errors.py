@@ -51,3 +51,12 @@ class AdapterError(WorkbenchError):
 
 class Cancelled(Exception):
     """Raised inside the engine thread to stop a prefill between chunks."""
+
+
+class EngineError(WorkbenchError):
+    """An ``Error`` event raised by ``EventStream.result()``: the engine's one line, its kind
+    (``no-model``, ``adapter``, ``cancelled``...) and details, as the engine sent them."""
+
+    def __init__(self, message: str, kind: str = "error", **details: object) -> None:
+        super().__init__(message, **details)
+        self.kind = kind

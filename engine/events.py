@@ -52,6 +52,9 @@ class ModelInfo:
 class ModelLoaded:
     info: ModelInfo
 
+    def payload(self) -> ModelInfo:
+        return self.info
+
 
 @dataclass(frozen=True, slots=True)
 class PrefillProgress:
@@ -136,12 +139,18 @@ class TurnDone:
     text: str
     stats: TurnStats
 
+    def payload(self) -> TurnDone:
+        return self
+
 
 @dataclass(frozen=True, slots=True)
 class Result:
     """The return value of a function run on the engine thread with ``Engine.submit``."""
 
     value: Any = None
+
+    def payload(self) -> Any:
+        return self.value
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +162,27 @@ class Error:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class ModelChanged:
+    """Broadcast to ``Engine.subscribe`` listeners: the loaded model is now ``info`` (None: no
+    model is loaded, e.g. after a failed load dropped the old one)."""
+
+    info: ModelInfo | None
+
+
+@dataclass(frozen=True, slots=True)
+class AdapterChanged:
+    """Broadcast to ``Engine.subscribe`` listeners whenever the active adapter or its scale
+    changes, whoever asked (a swap, a resumed session, a model load). ``state`` is an
+    ``engine.adapter_swap.AdapterState``; ``swapped`` is False when a load set it."""
+
+    state: Any
+    swapped: bool = True
+
+
 Event = (
     LoadProgress | ModelLoaded | PrefillProgress | TokenText | Memory | Notice | TurnDone
     | Result | Error
 )
+StateEvent = ModelChanged | AdapterChanged
 FINAL_EVENTS = (ModelLoaded, TurnDone, Result, Error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -119,3 +120,18 @@ def make_sampler_and_processors(params: SamplingParams) -> tuple[Any, list[Any]]
         else None
     )
     return sampler, processors
+
+
+def mask_tokens(token_ids: Iterable[int]) -> Callable[[Any, Any], Any]:
+    """A logits processor that never lets ``token_ids`` be chosen (benchmarks use it on the
+    end-of-sequence ids, to keep a reply going to ``max_tokens``)."""
+    ids = sorted(set(token_ids))
+
+    def mask(_tokens: Any, logits: Any) -> Any:
+        import mlx.core as mx
+
+        if ids:
+            logits[:, mx.array(ids)] = -float("inf")
+        return logits
+
+    return mask

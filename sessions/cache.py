@@ -29,11 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.engine import CacheSlot, EngineCore
+from engine import EngineAPI, EngineCore, EventStream, Notice
 from engine.errors import NoModel
-from engine.events import Notice
-from engine.stream import EventStream
-from models.resolve import looks_like_repo_id
+from models.hub import looks_like_repo_id
 
 from .errors import SessionError
 from .files import atomic_write_with
@@ -160,19 +158,13 @@ def read_cache_header(path: Path) -> CacheHeader:
 
 # -- engine-thread helpers -----------------------------------------------------------------
 def _require_model(core: EngineCore) -> None:
-    if core.model is None or core.info is None:
+    if core.loaded is None:
         raise NoModel("no model is loaded: load the session's model first, then resume it")
 
 
 def render_history(core: EngineCore, messages: list[dict[str, str]]) -> list[int]:
     """Token ids of the conversation so far, as the next turn's prompt will begin."""
-    if not messages:
-        return []
-    tokenizer = core.tokenizer
-    if getattr(tokenizer, "has_chat_template", True):
-        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=False,
-                                                  tokenize=True))
-    return list(tokenizer.encode("\n".join(m["content"] for m in messages)))
+    return core.render(messages, add_generation_prompt=False)
 
 
 def model_ref(core: EngineCore) -> str:
@@ -221,7 +213,7 @@ def _cut(cache: list[Any], tokens: int) -> list[Any]:
 
 def _load_checked(core: EngineCore, path: Path) -> tuple[list[Any], list[int]]:
     """Load ``path`` if it was made by this model under this adapter; else CacheUnusable."""
-    from mlx_lm.models.cache import load_prompt_cache, make_prompt_cache
+    from mlx_lm.models.cache import load_prompt_cache
 
     assert core.info is not None
     if not path.exists():
@@ -243,7 +235,7 @@ def _load_checked(core: EngineCore, path: Path) -> tuple[list[Any], list[int]]:
     tokens = header.tokens
     if tokens is None:
         raise CacheUnusable("is damaged (its token ids are unreadable)")
-    expected = [type(c).__name__ for c in make_prompt_cache(core.model)]
+    expected = [type(c).__name__ for c in core.new_cache()]
     if header.classes != expected:
         raise CacheUnusable(f"does not fit this model ({len(header.classes)} layer caches, "
                             f"the model has {len(expected)})")
@@ -269,17 +261,16 @@ def save_cache(core: EngineCore, store: SessionStore, session: Session) -> Cache
     _require_model(core)
     assert core.info is not None
     start = time.perf_counter()
-    slot = core.slots.get(core.cache_key)
-    if slot is None or not slot.tokens or not slot.cache:
+    snap = core.snapshot()
+    if snap is None:
         return CacheSaved(None, 0, 0, 0.0, skipped="nothing is cached yet")
-    if slot.offset() != len(slot.tokens):
-        slot.reconcile()
-    keep = _common_prefix(slot.tokens, render_history(core, session.chat_messages()))
+    tokens = list(snap.tokens)
+    keep = _common_prefix(tokens, render_history(core, session.chat_messages()))
     if keep == 0:
         return CacheSaved(None, 0, 0, 0.0,
                           skipped="the engine's cache holds another conversation")
-    if not _cuttable(slot.cache):  # e.g. a rotating or recurrent cache: all or nothing
-        keep = len(slot.tokens)
+    if not _cuttable(snap.cache):  # e.g. a rotating or recurrent cache: all or nothing
+        keep = len(tokens)
     from mlx_lm.models.cache import save_prompt_cache
 
     metadata = {
@@ -288,9 +279,9 @@ def save_cache(core: EngineCore, store: SessionStore, session: Session) -> Cache
         KEY_SCHEMA: str(CACHE_SCHEMA),
         KEY_FINGERPRINT: model_fingerprint(core.info.path),
         KEY_ADAPTER: core.adapter_identity(),
-        KEY_TOKENS: json.dumps(slot.tokens[:keep], separators=(",", ":")),
+        KEY_TOKENS: json.dumps(tokens[:keep], separators=(",", ":")),
     }
-    cut = _cut(slot.cache, keep)
+    cut = _cut(snap.cache, keep)
     path = store.cache_path(session.name)
     store.acquire(session.name)
     atomic_write_with(path, lambda tmp: save_prompt_cache(str(tmp), cut, metadata),
@@ -362,7 +353,7 @@ def resume(core: EngineCore, store: SessionStore, session: Session, emit: Emit |
                   f"{len(history)} tokens (the transcript changed since it was saved): the "
                   "rest will be read with the next message")
         emit(Notice(notice))
-    core.slots[core.cache_key] = CacheSlot(cache, tokens[:common])
+    core.restore(cache, tokens[:common])
     return ResumeReport(True, common, 0, len(history), notice=notice,
                         seconds=time.perf_counter() - start)
 
@@ -389,16 +380,16 @@ def _rebuild(core: EngineCore, store: SessionStore, session: Session, history: l
 
 
 # -- for the UI: submit the jobs to the engine ---------------------------------------------
-def submit_resume(engine: Any, store: SessionStore, session: Session) -> EventStream:
+def submit_resume(engine: EngineAPI, store: SessionStore, session: Session
+                  ) -> EventStream[ResumeReport]:
     """``engine.submit`` a resume of ``session``. Ends in ``Result(ResumeReport)``."""
     snapshot = copy.deepcopy(session)
-    return engine.submit(  # type: ignore[no-any-return]
-        lambda core, emit, cancel: resume(core, store, snapshot, emit, cancel))
+    return engine.submit(lambda core, emit, cancel: resume(core, store, snapshot, emit, cancel))
 
 
-def submit_autosave(engine: Any, store: SessionStore, session: Session) -> EventStream:
+def submit_autosave(engine: EngineAPI, store: SessionStore, session: Session
+                    ) -> EventStream[SaveReport]:
     """``engine.submit`` an autosave of a snapshot of ``session``. Ends in
     ``Result(SaveReport)`` (or ``Error`` if the transcript could not be written)."""
     snapshot = copy.deepcopy(session)
-    return engine.submit(  # type: ignore[no-any-return]
-        lambda core, _emit, _cancel: autosave(core, store, snapshot))
+    return engine.submit(lambda core, _emit, _cancel: autosave(core, store, snapshot))

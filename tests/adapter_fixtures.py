@@ -49,7 +49,7 @@ def chat_turn(engine: Any, messages: list[dict[str, str]], max_tokens: int = MAX
     prompt = result(engine.submit(lambda core, _e, _c: core.render(msgs)))
     done = engine.chat(msgs, SamplingParams(temperature=0.0, max_tokens=max_tokens)).wait(120)
     assert isinstance(done, TurnDone), done
-    held = result(engine.submit(lambda core, _e, _c: list(core.slot().tokens)))
+    held = result(engine.submit(lambda core, _e, _c: core.cached_tokens()))
     assert held[: len(prompt)] == prompt
     return Turn(done, prompt, held[len(prompt):])
 

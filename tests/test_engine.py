@@ -9,6 +9,7 @@ import pytest
 from engine import (
     Engine,
     Error,
+    MemoryReading,
     LoadProgress,
     Memory,
     ModelLoaded,
@@ -198,7 +199,7 @@ async def test_async_consumer_gets_batched_events(llama_engine):
                 texts.append(event.text)
             final = event
     assert isinstance(final, TurnDone) and "".join(texts) == final.text
-    assert isinstance(await llama_engine.memory().result(), Result)
+    assert isinstance(await llama_engine.memory().result(), MemoryReading)
     await asyncio.sleep(0)
 
 

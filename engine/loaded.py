@@ -1,0 +1,105 @@
+"""The loaded model: weights, tokenizer and config from mlx-lm, and what they say about it.
+
+``LoadedModel.load`` resolves a folder or repo id (``models.resolve``, downloading when
+needed), checks the memory fit first and loads with ``mlx_lm.load``; ``render`` turns a
+conversation into the token ids the model reads, through the tokenizer's chat template.
+Engine thread only.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from models.resolve import display_name
+
+from . import memory as mem
+from .errors import WorkbenchError
+from .events import LoadProgress, ModelInfo, Notice
+
+Message = Mapping[str, str]
+Emit = Callable[[Any], None]
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def describe(name: str, path: Path, model: Any, config: dict[str, Any], weight_bytes: int,
+             load_time_s: float) -> ModelInfo:
+    """The facts the UI shows about a loaded model (parameters, bits, context...)."""
+    from mlx_lm.utils import compute_bits_per_weight, get_total_parameters
+
+    from models.demo import is_demo_model
+
+    text = config.get("text_config")
+    cfg = text if isinstance(text, dict) else config
+    context = cfg.get("max_position_embeddings") or config.get("max_position_embeddings") or 0
+    return ModelInfo(
+        name=name,
+        path=str(path),
+        architecture=str(config.get("model_type", "?")),
+        num_parameters=int(get_total_parameters(model)),
+        bits_per_weight=round(float(compute_bits_per_weight(model)), 2),
+        weight_bytes=weight_bytes,
+        context_length=int(context),
+        load_time_s=round(load_time_s, 3),
+        is_demo=is_demo_model(path),
+    )
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    config: dict[str, Any]
+    info: ModelInfo
+
+    @classmethod
+    def load(cls, spec: str, path: Path, emit: Emit, *, available: Callable[[], int],
+             context_hint: int, before_load: Callable[[], None] = lambda: None
+             ) -> LoadedModel:
+        """Load the model folder ``path`` (found for ``spec``) once it is known to fit in
+        ``available()`` bytes. ``before_load`` runs once the check has passed, just before
+        the weights are read (the core drops the previous model there, so its memory is
+        given back first)."""
+        weight_bytes = mem.check_fit(path, available, context_hint,
+                                     warn=lambda message: emit(Notice(message)))
+        emit(LoadProgress("load", f"loading {path.name} ({mem.gb(weight_bytes)})"))
+        before_load()
+        import mlx.core as mx
+        from mlx_lm import load
+
+        start = time.perf_counter()
+        try:
+            model, tokenizer, config = load(str(path), return_config=True)
+        except ValueError as exc:
+            raise WorkbenchError(f"{path.name} cannot be loaded: {first_line(exc)}") from None
+        mx.reset_peak_memory()
+        info = describe(display_name(spec, path), path, model, config, weight_bytes,
+                        time.perf_counter() - start)
+        return cls(model, tokenizer, config, info)
+
+    # -- prompts -------------------------------------------------------------------------
+    def render(self, messages: Iterable[Message], add_generation_prompt: bool = True
+               ) -> list[int]:
+        """Token ids of ``messages`` through the chat template (the next turn's prompt with
+        ``add_generation_prompt``; the conversation so far without it)."""
+        msgs = [dict(m) for m in messages]
+        if not msgs:
+            return []
+        if getattr(self.tokenizer, "has_chat_template", True):
+            return list(self.tokenizer.apply_chat_template(
+                msgs, add_generation_prompt=add_generation_prompt, tokenize=True))
+        return list(self.tokenizer.encode("\n".join(m["content"] for m in msgs)))
+
+    def context_limit(self, max_kv_size: int | None) -> int:
+        """Tokens a conversation may hold: the model's context, capped by ``max_kv_size``."""
+        limit = self.info.context_length or 0
+        if max_kv_size:
+            limit = min(limit, max_kv_size) if limit else max_kv_size
+        return limit or 1 << 31

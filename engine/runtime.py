@@ -1,0 +1,299 @@
+"""The engine thread: a queue of requests in, an ``EventStream`` of events out per request.
+
+This is plumbing around the library layer (``EngineCore``, ``run_turn``): every public
+method returns at once with a typed stream; the thread takes one request at a time, runs it
+against the core and puts what it yields or returns on that request's stream. An error a
+user can cause ends the stream with one ``Error`` line; anything else is reported too, and
+the thread keeps running. Listeners (``subscribe``) hear every model and adapter change,
+whoever caused it, so no face has to poll.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import queue
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import memory as mem
+from .adapter_swap import DEFAULT_MAX_PREPARED, AdapterState
+from .adapters import AdapterInfo
+from .core import EngineCore
+from .errors import WorkbenchError
+from .events import (
+    AdapterChanged,
+    Error,
+    MemoryReading,
+    ModelChanged,
+    ModelInfo,
+    ModelLoaded,
+    Result,
+    StateEvent,
+    TurnDone,
+)
+from .loaded import first_line
+from .sampling import SamplingParams
+from .stream import EventStream
+from .turn import DEFAULT_PREFILL_STEP
+
+T = TypeVar("T")
+Message = Mapping[str, str]
+Emit = Callable[[Any], None]
+Job = Callable[[EngineCore, Emit, threading.Event], Any]
+Listener = Callable[[StateEvent], None]
+
+
+@dataclass
+class _Request:
+    job: Job
+    stream: EventStream[Any]
+    wrap: bool  # the job returns a plain value, to be sent as Result(value)
+
+
+_live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for engine in list(_live_engines):
+        engine.close()
+
+
+class Engine:
+    """The handle other threads hold. Every method returns at once; results arrive as events."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, *, prefill_step_size: int = DEFAULT_PREFILL_STEP,
+                 max_kv_size: int | None = None,
+                 memory_probe: mem.MemoryProbe | None = None,
+                 max_prepared_adapters: int = DEFAULT_MAX_PREPARED) -> None:
+        self._requests: queue.Queue[_Request | None] = queue.Queue()
+        self._pending: list[EventStream[Any]] = []
+        self._lock = threading.Lock()
+        self._listeners: list[Listener] = []
+        self._closed = False
+        self.info: ModelInfo | None = None  # the loaded model, readable from any thread
+        # The active adapter (info None = base model) once a model is loaded; any thread.
+        self.adapter: AdapterState | None = None
+        self._core_args = (prefill_step_size, max_kv_size,
+                           memory_probe or mem.available_memory, max_prepared_adapters)
+        self._thread = threading.Thread(target=self._run, name=f"mlx-engine-{next(self._ids)}",
+                                        daemon=True)
+        self._thread.start()
+        _live_engines.add(self)
+
+    # -- listeners -----------------------------------------------------------------------
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` (on the engine thread: keep it short, hand over to your own
+        thread) with ``ModelChanged`` / ``AdapterChanged`` after every change. Returns the
+        function that unsubscribes."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners \
+            else None
+
+    def _announce(self, core: EngineCore, *, swapped: bool = True) -> None:
+        """Publish the core's model and adapter to other threads, and tell the listeners."""
+        info = core.info
+        if info != self.info:
+            self.info = info
+            self._broadcast(ModelChanged(info))
+        self.adapter = core.adapter_state() if core.loaded is not None else None
+        if self.adapter is not None:
+            self._broadcast(AdapterChanged(self.adapter, swapped))
+
+    def _broadcast(self, event: StateEvent) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - a listener's bug must not stop the engine
+                pass
+
+    # -- requests ------------------------------------------------------------------------
+    def _submit(self, job: Job, wrap: bool) -> EventStream[Any]:
+        stream: EventStream[Any] = EventStream()
+        if self._closed:
+            stream.put(Error("the engine has shut down", kind="closed"))
+            return stream
+        with self._lock:
+            self._pending.append(stream)
+        self._requests.put(_Request(job, stream, wrap))
+        return stream
+
+    def submit(self, fn: Callable[[EngineCore, Emit, threading.Event], T]) -> EventStream[T]:
+        """Run ``fn(core, emit, cancel)`` on the engine thread. Ends in ``Result(value)``.
+
+        This is how other packages (sessions, models) do MLX work without a thread of their
+        own. ``fn`` raises ``WorkbenchError`` for a user-facing failure.
+        """
+        return self._submit(fn, wrap=True)
+
+    def load(self, model: str, adapter: str | None = None) -> EventStream[ModelInfo]:
+        """Load ``model`` (folder or repo id), replacing any loaded model. Ends in
+        ``ModelLoaded`` (``result()``: its ``ModelInfo``)."""
+
+        def job(core: EngineCore, emit: Emit, cancel: threading.Event) -> ModelLoaded:
+            try:
+                info = core.load(model, adapter, emit, cancel)
+            finally:  # loaded, or failed (a failure before the old model went keeps it)
+                self.info = None  # a reload of the same model is a change too
+                self._announce(core, swapped=False)
+            return ModelLoaded(info)
+
+        return self._submit(job, wrap=False)
+
+    def chat(self, messages: Iterable[Message], params: SamplingParams | None = None, *,
+             ignore_eos: bool = False) -> EventStream[TurnDone]:
+        """Generate the assistant's reply to ``messages`` (see ``run_turn``): events
+        ``PrefillProgress``, ``TokenText``, ``Memory``, ``Notice``, then ``TurnDone``."""
+        msgs = [dict(m) for m in messages]
+        params = params or SamplingParams()
+        submitted = time.perf_counter()
+
+        def job(core: EngineCore, emit: Emit, cancel: threading.Event) -> TurnDone:
+            final: TurnDone | None = None
+            for event in core.turn(msgs, params, cancel, submitted, ignore_eos):
+                if isinstance(event, TurnDone):
+                    final = event
+                else:
+                    emit(event)
+            assert final is not None
+            return final
+
+        return self._submit(job, wrap=False)
+
+    def _adapter_job(self, change: Callable[[EngineCore], AdapterState]
+                     ) -> EventStream[AdapterState]:
+        def job(core: EngineCore, _emit: Emit, _cancel: threading.Event) -> AdapterState:
+            state = change(core)
+            self._announce(core)
+            return state
+
+        return self.submit(job)
+
+    def use_adapter(self, path: str | Path | None, scale: float | None = None
+                    ) -> EventStream[AdapterState]:
+        """Activate the LoRA/DoRA adapter folder at ``path``, or none (``None``), mid-chat.
+
+        ``scale`` multiplies the adapter's trained scale, 0 to 2 (None = 1, as trained). The
+        base weights are not reloaded; an adapter used before is still prepared (up to
+        ``max_prepared_adapters``, least recently used out) and swaps in about a millisecond.
+        Each adapter and scale keeps its own conversation cache: the next ``chat`` reuses it
+        and re-prefills (with PrefillProgress, cancellable) only what it lacks, so its reply
+        equals a fresh ``mlx_lm.load(model, adapter_path=path)`` on the same conversation.
+
+        Ends in ``Result(AdapterState)``, or ``Error(kind="adapter"|"bad-setting"|"no-model")``
+        with one line; after an error the previous adapter is still active and every cache
+        is untouched. Listeners hear ``AdapterChanged``.
+        """
+        return self._adapter_job(lambda core: core.use_adapter(path, scale))
+
+    def set_adapter_scale(self, scale: float) -> EventStream[AdapterState]:
+        """Change the active adapter's scale (0 to 2 times trained) without a reload.
+        ``Error`` when no adapter is active or the value is out of range."""
+        return self._adapter_job(lambda core: core.set_adapter_scale(scale))
+
+    def list_adapters(self, dirs: Iterable[str | Path] = (),
+                      extra_paths: Iterable[str | Path] = ()) -> EventStream[list[AdapterInfo]]:
+        """Find and check adapters: ``dirs`` are folders of adapter folders (``--adapters``,
+        the config's adapters folder), ``extra_paths`` single adapter folders (``--adapter``).
+        Each is checked from its files and, when a model is loaded, against that model. A
+        missing folder in ``dirs`` becomes a ``Notice``; invalid ones come with a reason."""
+        dir_list, extra_list = list(dirs), list(extra_paths)
+        return self.submit(lambda core, emit, _cancel:
+                           core.list_adapters(dir_list, extra_list, emit))
+
+    def check_adapter(self, path: str | Path) -> EventStream[AdapterInfo]:
+        """Describe one adapter folder (config included, for a details view), checked against
+        the loaded model if any; never an Error for a bad adapter (``info.reason`` says)."""
+        return self.submit(lambda core, _emit, _cancel: core.check_adapter(path))
+
+    def adapter_state(self) -> EventStream[AdapterState]:
+        """The active adapter, its scale, what is prepared, how many tokens it has cached."""
+        return self.submit(lambda core, _emit, _cancel: core.adapter_state())
+
+    def memory(self) -> EventStream[MemoryReading]:
+        """A memory reading, taken on the engine thread."""
+        return self.submit(lambda core, _emit, _cancel: core.memory())
+
+    def reset(self) -> EventStream[None]:
+        """Forget the cached conversation (the next turn prefills from scratch)."""
+        return self.submit(lambda core, _emit, _cancel: core.reset_cache())
+
+    def cancel(self) -> None:
+        """Stop the running request and drop queued ones. Safe from any thread."""
+        with self._lock:
+            for stream in self._pending:
+                stream.cancel()
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._pending)
+
+    def close(self, timeout: float = 120.0) -> None:
+        """Cancel what runs, stop the thread and free MLX state (no abort at exit).
+
+        A model load cannot be interrupted (mlx-lm loads in one call; a cold CUDA start took
+        11 s for a 1B model): the wait must outlast it, because an interpreter that exits
+        while the engine thread is inside MLX can abort.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self.cancel()
+        self._requests.put(None)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the engine thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        core = EngineCore(*self._core_args)
+        while True:
+            request = self._requests.get()
+            if request is None:
+                break
+            self._serve(core, request)
+        self._shutdown(core)
+
+    def _serve(self, core: EngineCore, request: _Request) -> None:
+        stream = request.stream
+        try:
+            if stream.cancel_flag.is_set() and self._closed:
+                stream.put(Error("cancelled: the engine is shutting down", kind="cancelled"))
+                return
+            value = request.job(core, stream.put, stream.cancel_flag)
+            stream.put(Result(value) if request.wrap else value)
+        except WorkbenchError as exc:
+            stream.put(Error(str(exc), kind=exc.kind, details=dict(exc.details)))
+        except Exception as exc:  # noqa: BLE001 - the engine must outlive any failure
+            stream.put(Error(f"unexpected {type(exc).__name__}: {first_line(exc)}",
+                             kind="internal"))
+        finally:
+            with self._lock:
+                if stream in self._pending:
+                    self._pending.remove(stream)
+
+    @staticmethod
+    def _shutdown(core: EngineCore) -> None:
+        """Free every array made on this thread before it ends (see MLX-FACTS, Threads)."""
+        core.unload()
+        if "mlx.core" in sys.modules:
+            import mlx.core as mx
+
+            mx.synchronize()
+            mx.clear_streams()
+
