@@ -8,30 +8,28 @@ it reads one message per line. With ``--jsonl`` every stdout line is one JSON ob
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from engine import (
-    Engine,
-    Error,
+    AdapterInfo,
+    EngineAPI,
+    EngineError,
     Notice,
-    PrefillProgress,
-    Result,
     SamplingParams,
     TokenText,
-    TurnDone,
     TurnStats,
+    follow_sync,
 )
 from engine.errors import BadSetting, WorkbenchError
 from engine.sampling import parse_value, preset
 from sessions import Session, SessionStore, check_name, submit_autosave, submit_resume
 
-from . import paths
-from .generate import format_stats
+from .conversation import Conversation
+from .formatting import format_stats
+from .plain_io import Output, interactive_lines, piped_lines
 from .runtime import choose_model_on, demo_label, load_blocking, setup, start_engine
 
 
@@ -43,69 +41,24 @@ class Command:
     run: Callable[[str], tuple[bool, str]]  # argument text -> (ok, message)
 
 
-class Output:
-    """Where answers go: rich text for people, one JSON object per line for programs."""
-
-    def __init__(self, jsonl: bool) -> None:
-        self.jsonl = jsonl
-        if not jsonl:
-            from rich.console import Console
-
-            self.console = Console(highlight=False)
-            self.err = Console(stderr=True, highlight=False)
-
-    def emit(self, obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
-
-    def command(self, name: str, ok: bool, message: str) -> None:
-        if self.jsonl:
-            self.emit({"command": name, "ok": ok, "message": message})
-        else:
-            self.console.print(message, style="cyan" if ok else "bold red", markup=False)
-
-    def notice(self, message: str) -> None:
-        if self.jsonl:
-            self.emit({"notice": message})
-        else:
-            self.err.print(f"note: {message}", style="yellow", markup=False)
-
-    def error(self, message: str, kind: str = "error") -> None:
-        if self.jsonl:
-            self.emit({"error": message, "kind": kind})
-        else:
-            self.err.print(f"error: {message}", style="bold red", markup=False)
-
-    def reply_piece(self, text: str) -> None:
-        if not self.jsonl:
-            self.console.print(text, end="", markup=False, soft_wrap=True)
-
-    def reply_done(self, text: str, stats: TurnStats, extra: dict[str, Any]) -> None:
-        if self.jsonl:
-            self.emit({"role": "assistant", "content": text,
-                       "finish_reason": stats.finish_reason, "stats": stats.to_dict(), **extra})
-        else:
-            self.console.print()
-            self.console.print(format_stats(stats), style="dim", markup=False)
-
-
 class PlainChat:
-    """The conversation (a ``Session``, saved when a store is given), the settings and the
-    slash commands; no terminal code here."""
+    """The conversation (a ``Conversation``, saved when a store is given) and the slash
+    commands; no terminal code here."""
 
-    def __init__(self, engine: Engine, out: Output, params: SamplingParams,
+    def __init__(self, engine: EngineAPI, out: Output, params: SamplingParams,
                  session: Session, store: SessionStore | None = None,
                  adapter_dirs: Sequence[str | Path] = (),
                  adapter_paths: Sequence[str | Path] = ()) -> None:
         self.engine = engine
         self.out = out
-        self.params = params
-        self.session = session
+        self.conv = Conversation(session)
+        self.conv.params = params  # the flags and the config win over what was saved
         self.store = store  # None: the conversation is not saved until /save
         self.adapter_dirs = list(adapter_dirs)
         self.adapter_paths = list(adapter_paths)
         self.last_stats: TurnStats | None = None
         self.running = True
+        self.default_sessions_dir = Path(".")
         self.commands: dict[str, Command] = {}
         for cmd in (
             Command("system", "/system TEXT", "set the system prompt (empty clears it)",
@@ -129,30 +82,24 @@ class PlainChat:
             Command("help", "/help", "this list", self._cmd_help),
             Command("quit", "/quit", "leave (Ctrl+D too)", self._cmd_quit),
         ):
-            self.add_command(cmd)
+            self.commands[cmd.name] = cmd
 
-    def add_command(self, command: Command) -> None:
-        self.commands[command.name] = command
+    @property
+    def session(self) -> Session:
+        return self.conv.session
 
     # -- commands ------------------------------------------------------------------------
     def _cmd_system(self, arg: str) -> tuple[bool, str]:
-        self.session.system_prompt = arg
+        self.conv.system_prompt = arg
         return True, "system prompt cleared" if not arg else "system prompt set"
 
     def _cmd_reset(self, _arg: str) -> tuple[bool, str]:
-        self.session.messages.clear()
-        self.engine.reset().wait()
+        self.conv.clear()
+        self.engine.reset().result_sync()
         return True, "new conversation"
 
-    def _engine_value(self, stream: Any) -> Any:
-        final = stream.wait()
-        if isinstance(final, Error):
-            raise WorkbenchError(final.message)
-        return final.value
-
-    def _adapter_infos(self) -> list[Any]:
-        return list(self._engine_value(self.engine.list_adapters(self.adapter_dirs,
-                                                                 self.adapter_paths)))
+    def _adapter_infos(self) -> list[AdapterInfo]:
+        return self.engine.list_adapters(self.adapter_dirs, self.adapter_paths).result_sync()
 
     def _cmd_adapter(self, arg: str) -> tuple[bool, str]:
         if not arg:
@@ -161,9 +108,8 @@ class PlainChat:
         if arg.lower() != "none":
             named = [i for i in self._adapter_infos() if i.name == arg]
             path = str(named[0].path) if named else str(Path(arg).expanduser())
-        state = self._engine_value(self.engine.use_adapter(path))
-        self.session.adapter = str(state.info.path) if state.info else ""
-        self.session.adapter_scale = state.scale or 1.0
+        state = self.engine.use_adapter(path).result_sync()
+        self.conv.set_adapter(state)
         if state.info is None:
             return True, f"no adapter (swap {state.swap_ms:.2f} ms)"
         return True, (f"adapter {state.name} active, scale {state.scale:g} "
@@ -181,6 +127,8 @@ class PlainChat:
             state = "ok" if info.valid else f"invalid: {info.reason}"
             lines.append(f"{mark} {info.name}  {info.type_label}  {info.layers_label}  "
                          f"{state}")
+        if active:
+            lines.append("(* = in use)")
         return True, "\n".join(lines)
 
     def _cmd_scale(self, arg: str) -> tuple[bool, str]:
@@ -188,8 +136,8 @@ class PlainChat:
             scale = float(arg)
         except ValueError:
             return False, "usage: /scale X, a number from 0 to 2 (times the trained scale)"
-        state = self._engine_value(self.engine.set_adapter_scale(scale))
-        self.session.adapter_scale = state.scale or 1.0
+        state = self.engine.set_adapter_scale(scale).result_sync()
+        self.conv.set_adapter(state)
         return True, f"adapter {state.name} scale {state.scale:g}"
 
     def _cmd_save(self, arg: str) -> tuple[bool, str]:
@@ -199,12 +147,14 @@ class PlainChat:
         store = self.store or SessionStore(self.default_sessions_dir)
         if name != self.session.name and store.exists(name):
             return False, f"a session named {name!r} exists already: /load it or pick another"
-        old = self.session.name if self.store is not None else None
-        self.session.name = name
-        self.store = store
-        self.autosave()
-        if old and old != name:
-            store.release(old)
+        old_name, old_store = self.session.name, self.store
+        self.session.name, self.store = name, store
+        problem = self.autosave()
+        if problem is not None:  # keep saving where it worked before, if anywhere
+            self.session.name, self.store = old_name, old_store
+            return False, f"not saved: {problem}"
+        if old_store is not None and old_name != name:
+            store.release(old_name)
         return True, f"saved as {name} in {store.folder}; autosaving from now on"
 
     def _cmd_load(self, arg: str) -> tuple[bool, str]:
@@ -214,32 +164,34 @@ class PlainChat:
         session = store.open(check_name(arg), lock=True)
         if self.store is not None and self.session.name != session.name:
             self.store.release(self.session.name)
-        self.store, self.session = store, session
+        params = self.conv.params
+        self.store, self.conv = store, Conversation(session)
+        self.conv.params = params
         return True, self.resume()
-
-    default_sessions_dir: Path = Path(".")
 
     def resume(self) -> str:
         """Put the session's cache (or a re-prefill of its transcript) into the engine."""
         if self.session.adapter:
-            self._engine_value(self.engine.use_adapter(self.session.adapter,
-                                                       self.session.adapter_scale))
+            self.engine.use_adapter(self.session.adapter,
+                                    self.session.adapter_scale).result_sync()
         assert self.store is not None
-        report = self._engine_value(submit_resume(self.engine, self.store, self.session))
+        report = submit_resume(self.engine, self.store, self.session).result_sync()
         if report.notice:
             self.out.notice(report.notice)
         how = (f"cache reused ({report.cached_tokens} tokens)" if report.reused
                else f"{report.prefilled_tokens} tokens prefilled again")
         return f"session {self.session.name}: {self.session.turns} turns, {how}"
 
-    def autosave(self) -> None:
+    def autosave(self) -> str | None:
+        """Save to the store, if any; the problem in one line when it could not."""
         if self.store is None:
-            return
-        final = submit_autosave(self.engine, self.store, self.session).wait()
-        if isinstance(final, Error):
-            self.out.error(f"not saved: {final.message}", final.kind)
-        else:
-            self.session.updated = final.value.transcript.saved_at
+            return None
+        try:
+            report = submit_autosave(self.engine, self.store, self.session).result_sync()
+        except EngineError as exc:
+            return str(exc)
+        self.session.updated = report.transcript.saved_at
+        return None
 
     def _cmd_stats(self, _arg: str) -> tuple[bool, str]:
         if self.last_stats is None:
@@ -251,18 +203,18 @@ class PlainChat:
         if not name or not value.strip():
             return False, "usage: /set NAME VALUE, e.g. /set temperature 0.7"
         try:
-            self.params = self.params.with_values(**{name: parse_value(name, value)})
+            self.conv.params = self.conv.params.with_values(**{name: parse_value(name, value)})
         except BadSetting as exc:
             return False, str(exc)
-        return True, f"{name} = {getattr(self.params, name)}"
+        return True, f"{name} = {getattr(self.conv.params, name)}"
 
     def _cmd_preset(self, arg: str) -> tuple[bool, str]:
         try:
-            self.params = preset(arg.strip(), max_tokens=self.params.max_tokens)
+            self.conv.params = preset(arg.strip(), max_tokens=self.conv.params.max_tokens)
         except BadSetting as exc:
             return False, str(exc)
         return True, f"preset {arg.strip()}: " + ", ".join(
-            f"{k}={v}" for k, v in self.params.to_dict().items())
+            f"{k}={v}" for k, v in self.conv.params.to_dict().items())
 
     def _cmd_help(self, _arg: str) -> tuple[bool, str]:
         width = max(len(c.usage) for c in self.commands.values())
@@ -297,67 +249,26 @@ class PlainChat:
         self.send(text)
 
     def send(self, text: str) -> None:
-        self.session.add_user(text)
-        stream = self.engine.chat(self.session.chat_messages(), self.params)
-        final: Any = None
-        events: Iterator[Any] = iter(stream)
-        while final is None:
-            try:
-                for event in events:
-                    if isinstance(event, TokenText):
-                        self.out.reply_piece(event.text)
-                    elif isinstance(event, Notice):
-                        self.out.notice(event.message)
-                    elif isinstance(event, TurnDone | Error):
-                        final = event
-                    elif isinstance(event, PrefillProgress | Result):
-                        pass
-            except KeyboardInterrupt:  # Ctrl+C: stop the reply, keep the program
-                self.engine.cancel()
-                events = iter(stream)
-        if isinstance(final, Error):
-            self.session.messages.pop()  # the turn did not happen; the text is in the history
-            self.out.error(final.message, final.kind)
+        self.conv.add_user(text)
+        stream = self.engine.chat(self.conv.engine_messages(), self.conv.params)
+        try:
+            done = follow_sync(stream, {TokenText: lambda e: self.out.reply_piece(e.text),
+                                        Notice: lambda e: self.out.notice(e.message)},
+                               on_interrupt=self.engine.cancel)  # Ctrl+C stops the reply
+        except EngineError as exc:
+            self.conv.drop_unanswered()  # the turn did not happen; the text is in the history
+            self.out.error(str(exc), exc.kind)
             return
-        stats = final.stats
+        stats = done.stats
         self.last_stats = stats
-        self.session.add_reply(final.text, stats.to_dict(), adapter=stats.adapter_identity,
-                               cancelled=stats.finish_reason == "cancelled")
-        self.session.sampling = self.params
-        self.out.reply_done(final.text, stats, {
+        self.conv.add_reply(done)
+        self.out.reply_done(done.text, stats, {
             "adapter": stats.adapter, "scale": stats.scale,
             "cache_reused": stats.reused_tokens > 0, "prefilled_tokens": stats.prefill_tokens,
         })
-        self.autosave()
-
-
-def _interactive_lines(out: Output) -> Iterator[str]:
-    from prompt_toolkit import PromptSession
-    from prompt_toolkit.history import FileHistory
-    from prompt_toolkit.key_binding import KeyBindings
-
-    history = paths.history_file()
-    history.parent.mkdir(parents=True, exist_ok=True)
-    keys = KeyBindings()
-
-    @keys.add("escape", "enter")  # Alt+Enter (or Esc then Enter): a new line
-    def _newline(event: Any) -> None:
-        event.current_buffer.insert_text("\n")
-
-    session: PromptSession[str] = PromptSession(history=FileHistory(str(history)),
-                                                key_bindings=keys, multiline=False)
-    while True:
-        try:
-            yield session.prompt("you> ", prompt_continuation="...  ")
-        except KeyboardInterrupt:  # Ctrl+C at the prompt clears the line
-            continue
-        except EOFError:  # Ctrl+D
-            return
-
-
-def _piped_lines() -> Iterator[str]:
-    for line in sys.stdin:
-        yield line.rstrip("\n")
+        problem = self.autosave()
+        if problem is not None:
+            self.out.error(f"not saved: {problem}", "session")
 
 
 def run_plain(args: argparse.Namespace) -> int:
@@ -382,9 +293,10 @@ def run_plain(args: argparse.Namespace) -> int:
             args.model = session.model
     with start_engine(args, config) as engine:
         choice = choose_model_on(engine, args, config, lambda msg: print(msg, file=sys.stderr))
-        loaded = load_blocking(engine, choice, quiet=args.jsonl)
-        if isinstance(loaded, Error):
-            out.error(loaded.message, loaded.kind)
+        try:
+            loaded = load_blocking(engine, choice, quiet=args.jsonl)
+        except EngineError as exc:
+            out.error(str(exc), exc.kind)
             return 1
         if loaded.is_demo:
             out.notice(demo_label(loaded))
@@ -401,7 +313,7 @@ def run_plain(args: argparse.Namespace) -> int:
         if interactive:
             out.command("help", True, f"{loaded.name} loaded. /help lists commands; Alt+Enter "
                         "adds a line; Ctrl+C stops a reply; Ctrl+D leaves.")
-        lines = _interactive_lines(out) if interactive else _piped_lines()
+        lines = interactive_lines() if interactive else piped_lines()
         try:
             for line in lines:
                 chat.handle_line(line)

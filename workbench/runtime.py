@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import Engine, Error, LoadProgress, ModelInfo, ModelLoaded, SamplingParams
-from engine.errors import WorkbenchError
+from engine import Engine, EngineAPI, LoadProgress, ModelInfo, SamplingParams, follow_sync
 from models.demo import ensure_demo
 
 from . import paths
@@ -40,19 +39,16 @@ def choose_model(args: argparse.Namespace, config: Config,
     return ModelChoice(model or config.model, False, adapter)
 
 
-def on_engine(engine: Engine, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on the engine thread and return its value (its error, as WorkbenchError).
+def on_engine(engine: EngineAPI, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on the engine thread and return its value (its error: ``EngineError``).
 
     Building the demo kit writes random weights and quantizes them: MLX work, which belongs on
     the one thread that owns MLX, even in a script that has no other thread.
     """
-    final = engine.submit(lambda _core, _emit, _cancel: fn()).wait()
-    if isinstance(final, Error):
-        raise WorkbenchError(final.message)
-    return final.value
+    return engine.submit(lambda _core, _emit, _cancel: fn()).result_sync()
 
 
-def choose_model_on(engine: Engine, args: argparse.Namespace, config: Config,
+def choose_model_on(engine: EngineAPI, args: argparse.Namespace, config: Config,
                     progress: Callable[[str], None] | None = None) -> ModelChoice:
     """``choose_model``, run on the engine thread (it may build the demo kit)."""
     choice: ModelChoice = on_engine(engine, lambda: choose_model(args, config, progress))
@@ -64,20 +60,19 @@ def start_engine(args: argparse.Namespace, config: Config) -> Engine:
     return Engine(max_kv_size=max_kv)
 
 
-def load_blocking(engine: Engine, choice: ModelChoice, quiet: bool = False) -> ModelInfo | Error:
-    """Load and wait, reporting progress on stderr (for the line-mode commands)."""
-    final: ModelInfo | Error = Error("load did not finish")
-    for event in engine.load(choice.spec, choice.adapter):
-        if isinstance(event, LoadProgress) and not quiet:
-            if event.stage == "download" and event.total:
-                print(f"\r{event.line()}", end="", file=sys.stderr, flush=True)
-            elif event.stage != "ready":
-                print(event.message, file=sys.stderr)
-        elif isinstance(event, ModelLoaded):
-            final = event.info
-        elif isinstance(event, Error):
-            final = event
-    return final
+def load_blocking(engine: EngineAPI, choice: ModelChoice, quiet: bool = False) -> ModelInfo:
+    """Load and wait, reporting progress on stderr (for the line-mode commands). A load that
+    fails raises ``EngineError`` (its one line and kind)."""
+
+    def progress(event: LoadProgress) -> None:
+        if quiet:
+            return
+        if event.stage == "download" and event.total:
+            print(f"\r{event.line()}", end="", file=sys.stderr, flush=True)
+        elif event.stage != "ready":
+            print(event.message, file=sys.stderr)
+
+    return follow_sync(engine.load(choice.spec, choice.adapter), {LoadProgress: progress})
 
 
 def demo_label(info: ModelInfo) -> str:
