@@ -49,6 +49,16 @@ def _filler(engine: Engine, tokens: int, parts: int) -> list[str]:
     return list(_final(engine.submit(make), "preparing the text").value)
 
 
+def _time_checksum(core: Any, _emit: Any, _cancel: Any) -> float:
+    """Seconds to verify the active cache's checksum, as a resume does."""
+    from sessions.cache_file import tensor_digest
+
+    snap = core.snapshot()
+    start = time.perf_counter()
+    tensor_digest(snap.cache if snap else [])
+    return time.perf_counter() - start
+
+
 def run_session_bench(model: str | None = None, history_tokens: int = 2000) -> dict[str, Any]:
     """Measure session save and resume on ``model`` (default: the demo model).
 
@@ -86,7 +96,7 @@ def run_session_bench(model: str | None = None, history_tokens: int = 2000) -> d
 
         ask = [*session.chat_messages(), {"role": "user", "content": NEW_MESSAGE}]
         first = SamplingParams(max_tokens=1)
-        resumed, loads, reprefilled = [], [], []
+        resumed, loads, reprefilled, verifies = [], [], [], []
         for _ in range(ROUNDS):
             _final(engine.reset(), "reset")
             start = time.perf_counter()
@@ -99,6 +109,8 @@ def run_session_bench(model: str | None = None, history_tokens: int = 2000) -> d
             turn = _final(engine.chat(ask, first, ignore_eos=True), "the resumed turn")
             loads.append(loaded_s)
             resumed.append(loaded_s + turn.stats.ttft_s)
+
+            verifies.append(_final(engine.submit(_time_checksum), "checksum").value)
 
             _final(engine.reset(), "reset")
             turn = _final(engine.chat(ask, first, ignore_eos=True), "the re-prefilled turn")
@@ -117,5 +129,9 @@ def run_session_bench(model: str | None = None, history_tokens: int = 2000) -> d
         "toml_bytes": last["toml_bytes"],
         "session_sizes": sizes,
         "session_resume_load_ms": round(1000 * statistics.median(loads), 2),
+        # Checking the cache's checksum on resume (part of the load above), and its share.
+        "session_verify_ms": round(1000 * statistics.median(verifies), 2),
+        "session_verify_share": round(statistics.median(verifies) / resume_ttft, 4)
+        if resume_ttft else 0.0,
         "session_history_tokens": history,
     }

@@ -12,12 +12,12 @@ from .cache import (
     ResumeReport,
     SaveReport,
     autosave,
-    read_cache_header,
     resume,
     save_cache,
     submit_autosave,
     submit_resume,
 )
+from .cache_file import CacheUnusable, read_cache_header
 from .errors import (
     BadSession,
     BadSessionName,
@@ -33,7 +33,7 @@ from .store import SavedTranscript, SessionStore, SessionSummary
 from .transcript import SCHEMA_VERSION, Session, SessionMessage, parse_session
 
 __all__ = [
-    "SCHEMA_VERSION", "BadSession", "BadSessionName", "CacheSaved", "ResumeReport",
+    "SCHEMA_VERSION", "BadSession", "BadSessionName", "CacheSaved", "CacheUnusable", "ResumeReport",
     "SaveReport", "SavedTranscript", "Session", "SessionError", "SessionExists",
     "SessionInUse", "SessionMessage", "SessionNotFound", "SessionStore", "SessionSummary",
     "SessionTooNew", "autosave", "check_name", "export_data", "export_json",

@@ -1,15 +1,15 @@
 """Prompt-cache files: save the engine's KV cache beside a transcript, and resume from it.
 
 A resumed session should answer its next message as fast as if the process had never
-stopped. The engine keeps, per adapter, a ``CacheSlot``: the KV cache and the token ids it
-holds. ``save_cache`` writes that slot as a standard mlx-lm prompt cache (``mlx_lm generate
---prompt-cache-file`` accepts it), cut to the tokens that match the transcript, with the
-model's fingerprint, the adapter identity, the token ids and a schema version in its
-metadata. ``resume`` checks all of those against the loaded model and the transcript before
-it trusts the file: a cache from another model of the same shapes would load silently and
-make the model write garbage. Any mismatch (missing, truncated, corrupt, another model,
-adapter or schema) sets the file aside as ``NAME.safetensors.stale`` with a one-line notice,
-and the transcript is prefilled again, so the conversation is never lost.
+stopped. ``save_cache`` takes the engine's active cache through its public snapshot
+(``EngineCore.snapshot``), cut to the tokens that match the transcript, and writes it as a
+standard mlx-lm prompt cache (``cache_file.write_cache``: with the model's fingerprint, the
+adapter identity, the token ids, a checksum of the tensor data and a schema version).
+``resume`` checks all of those against the loaded model and the transcript before it trusts
+the file (``cache_file.load_checked``) and gives it back with ``EngineCore.restore``. Any
+mismatch (missing, truncated, corrupt, another model, adapter or schema) sets the file
+aside as ``NAME.safetensors.stale`` with a one-line notice, and the transcript is prefilled
+again, so the conversation is never lost.
 
 The functions that touch MLX take the ``EngineCore`` and run on the engine thread: give
 them to ``Engine.submit`` (``submit_resume`` and ``submit_autosave`` do that for you).
@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -31,45 +29,16 @@ from typing import Any
 
 from engine import EngineAPI, EngineCore, EventStream, Notice
 from engine.errors import NoModel
+from engine.prompt_cache import common_prefix
 from models.hub import looks_like_repo_id
 
+from .cache_file import CacheUnusable, cut, cuttable, load_checked, write_cache
 from .errors import SessionError
-from .files import atomic_write_with
 from .fingerprint import model_fingerprint
 from .store import SavedTranscript, SessionStore
 from .transcript import Session
 
-CACHE_SCHEMA = 1
-KEY_SCHEMA = "workbench_schema"
-KEY_FINGERPRINT = "workbench_fingerprint"
-KEY_ADAPTER = "workbench_adapter"
-KEY_TOKENS = "workbench_tokens"
-MAX_HEADER = 100 * 1024 * 1024  # the safetensors format's own limit
-
 Emit = Callable[[Any], None]
-
-
-@dataclass(frozen=True)
-class CacheHeader:
-    """What a cache file says about itself, read without loading any tensor."""
-
-    metadata: dict[str, str]  # the user metadata given to save_prompt_cache
-    classes: list[str]  # one cache class name per layer
-    file_bytes: int
-
-    @property
-    def tokens(self) -> list[int] | None:
-        try:
-            tokens = json.loads(self.metadata.get(KEY_TOKENS, ""))
-        except ValueError:
-            return None
-        if isinstance(tokens, list) and all(type(t) is int and t >= 0 for t in tokens):
-            return tokens
-        return None
-
-
-class CacheUnusable(Exception):
-    """Why a cache file cannot be used; ``str()`` completes "the saved prompt cache ..."."""
 
 
 @dataclass(frozen=True)
@@ -114,48 +83,6 @@ class ResumeReport:
     seconds: float = 0.0
 
 
-# -- reading a cache file without loading it -----------------------------------------------
-def read_cache_header(path: Path) -> CacheHeader:
-    """Parse the safetensors header of ``path``; raise ``CacheUnusable`` if it is damaged."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise CacheUnusable("is empty or truncated")
-            n = struct.unpack("<Q", head)[0]
-            if n > MAX_HEADER or n > size - 8:
-                raise CacheUnusable("is truncated or not a safetensors file")
-            header = json.loads(fh.read(n))
-    except OSError as exc:
-        raise CacheUnusable(f"cannot be read ({exc.strerror})") from None
-    except (ValueError, RecursionError):
-        raise CacheUnusable("is damaged (its header is not valid JSON)") from None
-    if not isinstance(header, dict):
-        raise CacheUnusable("is damaged (its header is not a table)")
-    data_end = 0
-    for key, entry in header.items():
-        if key == "__metadata__":
-            continue
-        try:
-            data_end = max(data_end, int(entry["data_offsets"][1]))
-        except (TypeError, KeyError, IndexError, ValueError):
-            raise CacheUnusable("is damaged (a tensor entry is malformed)") from None
-    if 8 + n + data_end > size:
-        raise CacheUnusable("is truncated")
-    raw = header.get("__metadata__") or {}
-    if not isinstance(raw, dict):
-        raise CacheUnusable("is damaged (its metadata is not a table)")
-    metadata = {k[2:]: v for k, v in raw.items()
-                if isinstance(k, str) and k.startswith("0.") and isinstance(v, str)}
-    layers = {}
-    for k, v in raw.items():
-        if isinstance(k, str) and k.startswith("1.") and k[2:].isdigit():
-            layers[int(k[2:])] = str(v)
-    classes = [layers[i] for i in sorted(layers)]
-    return CacheHeader(metadata, classes, size)
-
-
 # -- engine-thread helpers -----------------------------------------------------------------
 def _require_model(core: EngineCore) -> None:
     if core.loaded is None:
@@ -176,81 +103,6 @@ def model_ref(core: EngineCore) -> str:
     return core.info.path
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _cuttable(cache: list[Any]) -> bool:
-    from mlx_lm.models.cache import KVCache, QuantizedKVCache
-
-    return all(type(c) in (KVCache, QuantizedKVCache) for c in cache)
-
-
-def _cut(cache: list[Any], tokens: int) -> list[Any]:
-    """Copies of the layer caches holding exactly ``tokens`` entries (not the whole
-    preallocated buffer, which grows in steps of 256)."""
-    from mlx_lm.models.cache import KVCache, QuantizedKVCache
-
-    out = []
-    for c in cache:
-        if type(c) is KVCache and c.keys is not None:
-            out.append(KVCache.from_state((c.keys[..., :tokens, :], c.values[..., :tokens, :],
-                                           tokens)))
-        elif type(c) is QuantizedKVCache and c.keys is not None:
-            keys = tuple(a[..., :tokens, :] for a in c.keys)
-            values = tuple(a[..., :tokens, :] for a in c.values)
-            out.append(QuantizedKVCache.from_state((keys, values, tokens, c.group_size,
-                                                    c.bits)))
-        else:  # other cache kinds are saved as they are
-            out.append(c)
-    return out
-
-
-def _load_checked(core: EngineCore, path: Path) -> tuple[list[Any], list[int]]:
-    """Load ``path`` if it was made by this model under this adapter; else CacheUnusable."""
-    from mlx_lm.models.cache import load_prompt_cache
-
-    assert core.info is not None
-    if not path.exists():
-        raise CacheUnusable("is missing")
-    header = read_cache_header(path)
-    meta = header.metadata
-    schema = meta.get(KEY_SCHEMA)
-    if schema is None:
-        raise CacheUnusable("is not a workbench prompt cache")
-    if schema != str(CACHE_SCHEMA):
-        raise CacheUnusable(f"has schema {schema}, not {CACHE_SCHEMA}")
-    if meta.get(KEY_FINGERPRINT) != model_fingerprint(core.info.path):
-        raise CacheUnusable(f"was made with another model ({meta.get('model', '?')})")
-    adapter = core.adapter_identity()
-    if meta.get(KEY_ADAPTER, "") != adapter:
-        then = meta.get(KEY_ADAPTER) or "no adapter"
-        raise CacheUnusable(f"was made under another adapter ({then}, now "
-                            f"{adapter or 'no adapter'})")
-    tokens = header.tokens
-    if tokens is None:
-        raise CacheUnusable("is damaged (its token ids are unreadable)")
-    expected = [type(c).__name__ for c in core.new_cache()]
-    if header.classes != expected:
-        raise CacheUnusable(f"does not fit this model ({len(header.classes)} layer caches, "
-                            f"the model has {len(expected)})")
-    try:
-        cache = load_prompt_cache(str(path))
-    except Exception:  # noqa: BLE001 - RuntimeError/ValueError/KeyError for a damaged file
-        raise CacheUnusable("is damaged (its tensors cannot be loaded)") from None
-    for c in cache:
-        offset = getattr(c, "offset", None)
-        if isinstance(offset, int) and offset != len(tokens):
-            raise CacheUnusable(f"is damaged (it holds {offset} entries for {len(tokens)} "
-                                "tokens)")
-    return cache, tokens
-
-
 # -- the engine-thread jobs ----------------------------------------------------------------
 def save_cache(core: EngineCore, store: SessionStore, session: Session) -> CacheSaved:
     """Write the active prompt cache as ``NAME.safetensors`` (engine thread).
@@ -265,27 +117,15 @@ def save_cache(core: EngineCore, store: SessionStore, session: Session) -> Cache
     if snap is None:
         return CacheSaved(None, 0, 0, 0.0, skipped="nothing is cached yet")
     tokens = list(snap.tokens)
-    keep = _common_prefix(tokens, render_history(core, session.chat_messages()))
+    keep = common_prefix(tokens, render_history(core, session.chat_messages()))
     if keep == 0:
         return CacheSaved(None, 0, 0, 0.0,
                           skipped="the engine's cache holds another conversation")
-    if not _cuttable(snap.cache):  # e.g. a rotating or recurrent cache: all or nothing
+    if not cuttable(snap.cache):  # e.g. a rotating or recurrent cache: all or nothing
         keep = len(tokens)
-    from mlx_lm.models.cache import save_prompt_cache
-
-    metadata = {
-        "model": model_ref(core),
-        "tokenizer_config": json.dumps({}),
-        KEY_SCHEMA: str(CACHE_SCHEMA),
-        KEY_FINGERPRINT: model_fingerprint(core.info.path),
-        KEY_ADAPTER: core.adapter_identity(),
-        KEY_TOKENS: json.dumps(tokens[:keep], separators=(",", ":")),
-    }
-    cut = _cut(snap.cache, keep)
     path = store.cache_path(session.name)
     store.acquire(session.name)
-    atomic_write_with(path, lambda tmp: save_prompt_cache(str(tmp), cut, metadata),
-                      suffix=".tmp.safetensors")
+    write_cache(core, path, cut(snap.cache, keep), tokens[:keep], model_ref(core))
     return CacheSaved(path, keep, path.stat().st_size, time.perf_counter() - start)
 
 
@@ -337,8 +177,8 @@ def resume(core: EngineCore, store: SessionStore, session: Session, emit: Emit |
     from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
     try:
-        cache, tokens = _load_checked(core, path)
-        common = _common_prefix(tokens, history)
+        cache, tokens = load_checked(core, path)
+        common = common_prefix(tokens, history)
         if common == 0:
             raise CacheUnusable("belongs to another conversation")
         if common < len(tokens) and not can_trim_prompt_cache(cache):
