@@ -22,13 +22,13 @@ from models.resolve import resolve_model
 
 from . import memory as mem
 from .adapter_swap import DEFAULT_MAX_PREPARED, AdapterKey, AdapterManager, AdapterState
-from .adapters import AdapterInfo, discover_adapters, inspect_adapter
-from .errors import AdapterError, NoModel, WorkbenchError
+from .adapters import AdapterInfo, discover_adapters
+from .errors import NoModel, WorkbenchError
 from .events import LoadProgress, ModelInfo, Notice, PrefillProgress, TurnDone
 from .loaded import LoadedModel
 from .prompt_cache import CacheKey, CacheSnapshot, PromptCaches, common_prefix
 from .sampling import SamplingParams
-from .turn import DEFAULT_PREFILL_STEP, prefill, run_turn
+from .turn import ChunkSizer, prefill, run_turn
 
 Message = Mapping[str, str]
 Emit = Callable[[Any], None]
@@ -37,11 +37,12 @@ Emit = Callable[[Any], None]
 class EngineCore:
     """State owned by the engine thread. Never touch it from another thread."""
 
-    def __init__(self, prefill_step_size: int = DEFAULT_PREFILL_STEP,
+    def __init__(self, prefill_step_size: int | None = None,
                  max_kv_size: int | None = None,
                  memory_probe: mem.MemoryProbe = mem.available_memory,
                  max_prepared_adapters: int = DEFAULT_MAX_PREPARED) -> None:
-        self.prefill_step_size = prefill_step_size
+        # Prefill chunks: a fixed size when one is given, else sized by time.
+        self.prefill_step: int | ChunkSizer = prefill_step_size or ChunkSizer()
         self.max_kv_size = max_kv_size
         self.memory_probe = memory_probe
         self.loaded: LoadedModel | None = None
@@ -88,15 +89,11 @@ class EngineCore:
     def load(self, spec: str, adapter: str | None, emit: Emit,
              cancel: threading.Event | None = None) -> ModelInfo:
         """Load the base model, then activate ``adapter`` (if any) through the swap mechanism,
-        so it can be swapped later. An adapter that does not fit the model fails the load
-        (nothing stays loaded), as ``mlx_lm generate --adapter-path`` does. ``cancel`` stops
-        a download in progress (what arrived is kept for the next try)."""
+        so it can be swapped later. An adapter that cannot be used does not stop the base
+        model: it is reported in one ``Notice`` and the model runs without it. ``cancel``
+        stops a download in progress (what arrived is kept for the next try)."""
         emit(LoadProgress("resolve", f"looking for {spec}"))
         path = resolve_model(spec, emit, cancel)
-        if adapter:  # what the files alone can tell, before the loaded model is dropped
-            checked = inspect_adapter(adapter)
-            if not checked.valid:
-                raise AdapterError(checked.reason, path=checked.path)
         # The model being replaced gives its memory back before the new one loads.
         freed = self.info.weight_bytes if self.info is not None else 0
         start = time.perf_counter()
@@ -111,9 +108,9 @@ class EngineCore:
             emit(LoadProgress("load", f"preparing adapter {Path(adapter).name}"))
             try:
                 self.use_adapter(adapter, None)
-            except WorkbenchError:
-                self.unload()
-                raise
+            except WorkbenchError as exc:
+                emit(Notice(f"{loaded.info.name} is loaded without the adapter "
+                            f"{Path(adapter).name}: {exc}"))
             self._pending_swap = None  # part of the load, not a swap mid-conversation
         elapsed = time.perf_counter() - start
         loaded.info = replace(loaded.info, load_time_s=round(elapsed, 3))
@@ -169,7 +166,7 @@ class EngineCore:
         todo = tokens[start:]
         cancelled = False
         try:
-            for done in prefill(loaded.model, slot, todo, self.prefill_step_size):
+            for done in prefill(loaded.model, slot, todo, self.prefill_step):
                 emit(PrefillProgress(done, len(todo)))
                 if cancel.is_set() and done < len(todo):
                     cancelled = True
@@ -259,7 +256,7 @@ class EngineCore:
         pending, self._pending_swap = self._pending_swap, None
         for event in run_turn(loaded, self.caches, self.cache_key, messages, params,
                               cancel=cancel, limit=self.context_limit(),
-                              prefill_step=self.prefill_step_size, ignore_eos=ignore_eos,
+                              prefill_step=self.prefill_step, ignore_eos=ignore_eos,
                               submitted=submitted, memory=self.memory):
             if isinstance(event, TurnDone):
                 event = self._complete(event, pending)

@@ -73,6 +73,12 @@ class LoadedModel:
         before_load()
         import mlx.core as mx
         from mlx_lm import load
+        from transformers.utils import logging as transformers_logging
+
+        # Its warnings (e.g. "Token indices sequence length is longer than...", on a long
+        # paste) would be written over the app's screen: what matters reaches the user as
+        # events instead.
+        transformers_logging.set_verbosity_error()
 
         start = time.perf_counter()
         try:

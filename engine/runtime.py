@@ -41,7 +41,6 @@ from .events import (
 from .loaded import first_line
 from .sampling import SamplingParams
 from .stream import EventStream
-from .turn import DEFAULT_PREFILL_STEP
 
 T = TypeVar("T")
 Message = Mapping[str, str]
@@ -71,7 +70,7 @@ class Engine:
 
     _ids = itertools.count(1)
 
-    def __init__(self, *, prefill_step_size: int = DEFAULT_PREFILL_STEP,
+    def __init__(self, *, prefill_step_size: int | None = None,
                  max_kv_size: int | None = None,
                  memory_probe: mem.MemoryProbe | None = None,
                  max_prepared_adapters: int = DEFAULT_MAX_PREPARED) -> None:

@@ -29,22 +29,51 @@ from .prompt_cache import CacheKey, CacheSlot, PromptCaches
 from .sampling import SamplingParams, make_sampler_and_processors, mask_tokens
 
 MEMORY_EVENT_INTERVAL_S = 0.25
-DEFAULT_PREFILL_STEP = 512  # small enough to cancel between chunks; faster than 2048 on CPU
+DEFAULT_PREFILL_STEP = 512  # the first chunk; later ones are sized by time (ChunkSizer)
 
 
-def prefill(model: Any, slot: CacheSlot, tokens: Sequence[int], step: int) -> Iterator[int]:
-    """Evaluate ``tokens`` into ``slot``'s cache, ``step`` at a time (mlx-lm's prefill loop);
-    yield the running count after each chunk. Stop iterating to stop between chunks: the
-    slot then holds exactly what was evaluated."""
+class ChunkSizer:
+    """Prefill chunk sizes chosen by time: each chunk should take about ``target_s``, short
+    enough that a cancel is felt at once, long enough not to starve a fast GPU (on the H200 a
+    2048-token 4-bit prompt ran 6x faster in one chunk than in 512-token ones). Sizes are
+    powers of two and change at most twofold per chunk, so a slow first chunk (kernels
+    compiling) does not throw the estimate far off. One sizer lives as long as the model."""
+
+    def __init__(self, first: int = DEFAULT_PREFILL_STEP, target_s: float = 0.25,
+                 smallest: int = 32, largest: int = 4096) -> None:
+        self.size = first
+        self.target_s, self.smallest, self.largest = target_s, smallest, largest
+
+    def measured(self, tokens: int, seconds: float) -> None:
+        if tokens < self.size or seconds <= 0:
+            return  # a short last chunk says little about the rate
+        ideal = tokens * self.target_s / seconds
+        if ideal >= 2 * self.size and 2 * self.size <= self.largest:
+            self.size *= 2
+        elif ideal < self.size and self.size // 2 >= self.smallest:
+            self.size //= 2
+
+
+def prefill(model: Any, slot: CacheSlot, tokens: Sequence[int],
+            step: int | ChunkSizer) -> Iterator[int]:
+    """Evaluate ``tokens`` into ``slot``'s cache a chunk at a time (mlx-lm's prefill loop),
+    chunks of ``step`` tokens or as a ``ChunkSizer`` decides; yield the running count after
+    each chunk. Stop iterating to stop between chunks: the slot then holds exactly what was
+    evaluated."""
     import mlx.core as mx
     from mlx_lm.generate import generation_stream
 
+    sizer = step if isinstance(step, ChunkSizer) else None
     done = 0
     while done < len(tokens):
-        chunk = list(tokens[done: done + step])
+        size = sizer.size if sizer is not None else int(step)  # type: ignore[arg-type]
+        chunk = list(tokens[done: done + size])
+        start = time.perf_counter()
         with mx.stream(generation_stream):
             model(mx.array(chunk)[None], cache=slot.cache)
             mx.eval([c.state for c in slot.cache])
+        if sizer is not None:
+            sizer.measured(len(chunk), time.perf_counter() - start)
         slot.tokens.extend(chunk)
         done += len(chunk)
         mx.clear_cache()
@@ -71,7 +100,7 @@ def with_history(processors: list[Any], history: Sequence[int]) -> list[Any]:
 def run_turn(loaded: LoadedModel, caches: PromptCaches, key: CacheKey,
              messages: Sequence[Mapping[str, str]], params: SamplingParams, *,
              cancel: threading.Event | None = None, limit: int | None = None,
-             prefill_step: int = DEFAULT_PREFILL_STEP, ignore_eos: bool = False,
+             prefill_step: int | ChunkSizer = DEFAULT_PREFILL_STEP, ignore_eos: bool = False,
              submitted: float | None = None,
              memory: Callable[[], MemoryReading] | None = None) -> Iterator[Any]:
     """Generate the assistant's reply to ``messages`` with the cache of ``key``.

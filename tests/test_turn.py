@@ -86,3 +86,32 @@ def test_repetition_penalty_sees_the_cached_history(loaded, demo_kit) -> None:
         assert done.text == reference_reply(demo_kit.qwen3, messages, MAX,
                                             repetition_penalty=1.5), line
         messages.append({"role": "assistant", "content": done.text})
+
+
+def test_prefill_chunks_are_sized_by_time() -> None:
+    """Issue 10 #17 / 12: a slow chunk halves the next one (a cancel waits less), a fast one
+    doubles it (a GPU is not starved), never more than twofold, within bounds."""
+    from engine.turn import ChunkSizer
+
+    sizer = ChunkSizer(first=512, target_s=0.25, smallest=32, largest=4096)
+    sizer.measured(512, 3.0)  # 512 tokens took 3 s: far too long to wait for a cancel
+    assert sizer.size == 256
+    for _ in range(10):
+        sizer.measured(sizer.size, 3.0)
+    assert sizer.size == 32
+    for _ in range(3):
+        sizer.measured(sizer.size, 0.001)
+    assert sizer.size == 256
+    for _ in range(10):
+        sizer.measured(sizer.size, 0.001)
+    assert sizer.size == 4096
+    sizer.measured(100, 10.0)  # a short last chunk says nothing about the rate
+    assert sizer.size == 4096
+
+
+def test_a_long_paste_writes_no_tokenizer_warning(loaded, capfd, caplog) -> None:
+    """Issue 10 #17: transformers' "sequence length is longer than..." warning, printed on
+    stderr, would be drawn over the app's screen."""
+    ids = loaded.render([{"role": "user", "content": "a very long paste " * 1500}])
+    assert len(ids) > loaded.tokenizer._tokenizer.model_max_length
+    assert "Token indices sequence length" not in capfd.readouterr().err + caplog.text
