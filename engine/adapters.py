@@ -1,10 +1,12 @@
 """LoRA/DoRA adapter folders on disk: find them, describe them, check them without a model.
 
 An adapter is a folder written by ``mlx_lm lora``: ``adapter_config.json`` plus
-``adapters.safetensors``. Everything here reads files only (the config and the safetensors
-*header*, never the tensors), so listing a folder of adapters is cheap and safe to do on any
-thread. Checking an adapter against the loaded model, preparing it and swapping it in live in
-``engine.adapter_swap`` and run on the engine thread.
+``adapters.safetensors``. Everything here reads files only, with the standard library and
+numpy (never MLX), so listing a folder of adapters is cheap and safe to do on any thread: the
+config, the safetensors header, and once per file version the tensor bytes, to refuse
+integer tensors and NaN/Inf values (an adapter is a few MB; the result is cached by path,
+size and modification time). Checking an adapter against the loaded model, preparing it
+and swapping it in live in ``engine.adapter_swap`` and run on the engine thread.
 
 Nothing here raises for a bad adapter: ``inspect_adapter`` returns an ``AdapterInfo`` with
 ``valid=False`` and a one-line ``reason``.
@@ -22,6 +24,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from models.safetensors_header import (
+    SafetensorsHeader,
+    SafetensorsHeaderError,
+    read_safetensors_header,
+)
+
 from .errors import AdapterError
 
 CONFIG_FILE = "adapter_config.json"
@@ -30,6 +38,10 @@ ADAPTER_LEAVES = ("lora_a", "lora_b", "m")
 SUPPORTED_TYPES = ("lora", "dora")
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _QUANT_SUFFIX = re.compile(r"([-_](\d+bit|bf16|fp16|f16|f32|float16|bfloat16|mlx|q\d))+$")
+# The dtypes mlx-lm trains and loads adapters in; and how to find NaN/Inf in each: view the
+# raw little-endian bits as unsigned integers, an all-ones exponent is NaN or infinity.
+_FLOAT_BITS = {"F32": ("<u4", 0x7F800000), "F16": ("<u2", 0x7C00), "BF16": ("<u2", 0x7F80)}
+_INTEGER_DTYPES = frozenset({"BOOL", "U8", "I8", "I16", "U16", "I32", "U32", "I64", "U64"})
 
 
 @dataclass(frozen=True)
@@ -199,28 +211,81 @@ def read_tensor_specs(path: Path) -> list[TensorSpec]:
         raise AdapterError(str(exc)) from None
 
 
-def _read_tensor_specs(path: Path) -> list[TensorSpec]:
-    from safetensors import SafetensorError, safe_open
-
+def _read_header(path: Path) -> SafetensorsHeader:
     file = path / WEIGHTS_FILE
     if not file.is_file():
         raise _Problem(f"{path.name} has no {WEIGHTS_FILE}: the adapter is incomplete (copy or "
                        "train it again)")
-    specs: list[TensorSpec] = []
     try:
-        with safe_open(str(file), framework="numpy") as f:
-            for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                piece = f.get_slice(key)
-                specs.append(TensorSpec(key, tuple(int(d) for d in piece.get_shape()),
-                                        str(piece.get_dtype())))
-    except (SafetensorError, OSError, ValueError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise _Problem(f"{path.name}/{WEIGHTS_FILE} is damaged ({detail}): copy or train the "
-                       "adapter again") from None
+        return read_safetensors_header(file)
+    except SafetensorsHeaderError as exc:
+        raise _Problem(f"{path.name}/{WEIGHTS_FILE} is damaged: it {exc.reason}; copy or "
+                       "train the adapter again") from None
+
+
+def _read_tensor_specs(path: Path) -> list[TensorSpec]:
+    return _specs(path, _read_header(path))
+
+
+def _specs(path: Path, header: SafetensorsHeader) -> list[TensorSpec]:
+    specs = [TensorSpec(t.name, t.shape, t.dtype) for t in header.tensors.values()]
     if not specs:
         raise _Problem(f"{path.name}/{WEIGHTS_FILE} holds no tensors: copy or train the "
                        "adapter again")
     return specs
+
+
+def _check_dtypes(path: Path, specs: list[TensorSpec]) -> None:
+    """LoRA/DoRA weights are floating point in a dtype MLX computes in (F32, F16, BF16)."""
+    for spec in specs:
+        if spec.dtype in _FLOAT_BITS:
+            continue
+        if spec.dtype in _INTEGER_DTYPES:
+            raise _Problem(f"{path.name}: {spec.name} holds integers ({spec.dtype}), not "
+                           "trained weights: LoRA tensors are float32, float16 or bfloat16; "
+                           "copy or train the adapter again")
+        raise _Problem(f"{path.name}: {spec.name} is {spec.dtype}, which adapters cannot use: "
+                       "LoRA tensors are float32, float16 or bfloat16; save it in one of "
+                       "those")
+
+
+def _check_values(path: Path, header: SafetensorsHeader) -> None:
+    """Every value finite: a NaN or infinity anywhere makes every reply garbage.
+
+    Reads the tensor bytes once per file version (cached by path, size, mtime)."""
+    import numpy as np
+
+    file = path / WEIGHTS_FILE
+    stat = file.stat()
+    key = (str(file), stat.st_size, stat.st_mtime_ns)
+    known = _value_checks.get(key)
+    if known is None:
+        known = ""
+        with file.open("rb") as fh:
+            for entry in sorted(header.tensors.values(), key=lambda e: e.start):
+                view, exponent = _FLOAT_BITS[entry.dtype]
+                fh.seek(header.data_start + entry.start)
+                raw = fh.read(entry.nbytes)
+                if len(raw) != entry.nbytes:
+                    known = (f"{path.name}/{WEIGHTS_FILE} is damaged (it ends inside "
+                             f"{entry.name}): copy or train the adapter again")
+                    break
+                bits = np.frombuffer(raw, dtype=view)
+                bad = int(np.count_nonzero((bits & exponent) == exponent))
+                if bad:
+                    known = (f"{path.name}: {entry.name} holds {bad} NaN or infinite "
+                             f"value{'s' if bad > 1 else ''} of {entry.count}: the training "
+                             "diverged or the file is damaged; train it again (a lower "
+                             "learning rate?) or pick another checkpoint")
+                    break
+        if len(_value_checks) > 256:
+            _value_checks.clear()
+        _value_checks[key] = known
+    if known:
+        raise _Problem(known)
+
+
+_value_checks: dict[tuple[str, int, int], str] = {}
 
 
 def _check_tensors(path: Path, fields: dict[str, Any], specs: list[TensorSpec]) -> None:
@@ -276,13 +341,16 @@ def inspect_adapter(path: str | Path) -> AdapterInfo:
         info = replace(info, fine_tune_type=fields["fine_tune_type"], rank=fields["rank"],
                        scale=fields["scale"], dropout=fields["dropout"],
                        num_layers=fields["num_layers"], keys=fields["keys"])
-        specs = _read_tensor_specs(path)
+        header = _read_header(path)
+        specs = _specs(path, header)
         info = replace(
             info, num_tensors=len(specs), layers=_layers(specs),
             num_parameters=sum(math.prod(s.shape) for s in specs),
-            size_bytes=(path / WEIGHTS_FILE).stat().st_size,
+            size_bytes=header.file_bytes,
         )
         _check_tensors(path, fields, specs)
+        _check_dtypes(path, specs)
+        _check_values(path, header)
     except _Problem as exc:
         return info.invalid(str(exc))
     except OSError as exc:  # unreadable folder, permissions

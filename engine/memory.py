@@ -1,7 +1,8 @@
 """Memory readings and the fit check made before a model is loaded.
 
-``read_memory`` calls into MLX and so runs on the engine thread; ``available_memory``,
-``fit_report`` only read files and the OS and may run anywhere
+``read_memory``, ``available_memory`` and ``device_total_memory`` call into MLX
+(``mx.device_info``) and so run on the engine thread. ``system_available_memory`` and
+``fit_report`` given an ``available`` figure only read files and the OS and may run anywhere
 (the models screen asks them for every model it lists).
 """
 
@@ -41,8 +42,16 @@ def device_total_memory() -> int:
     return int(psutil.virtual_memory().total)
 
 
+def system_available_memory() -> int:
+    """The system's free memory now, from the OS alone (no MLX): safe on any thread. On
+    Apple silicon and on CPU this is what a load can count on; on CUDA the device's free
+    memory (``available_memory``, engine thread) is the limit."""
+    return int(psutil.virtual_memory().available)
+
+
 def available_memory() -> int:
-    """Bytes a model load can still count on now.
+    """Bytes a model load can still count on now. Calls ``mx.device_info()``: engine thread
+    only (``Engine.memory()`` returns it as ``MemoryReading.load_available``).
 
     On Apple silicon and on CPU, weights live in system memory, so that is what is free.
     On CUDA the device's free memory is the limit.
@@ -158,7 +167,7 @@ def fit_report(path: Path, available: int | None = None, context_tokens: int = 4
     """Estimate what the model at ``path`` needs with ``context_tokens`` of context.
 
     The context is capped at the model's own maximum; ``available`` defaults to
-    ``available_memory()``.
+    ``system_available_memory()`` (no MLX, so any thread may call this).
     """
     weights = sum(f.stat().st_size for f in weight_files(path))
     config = _read_config(path)
@@ -167,7 +176,7 @@ def fit_report(path: Path, available: int | None = None, context_tokens: int = 4
     kv = estimate_kv_bytes(config, tokens)
     # Activations and MLX's buffers: a tenth of the weights, at least 64 MiB.
     overhead = max(weights // 10, 64 << 20)
-    have = available_memory() if available is None else available
+    have = system_available_memory() if available is None else available
     return FitReport(name or path.name, weights, kv, overhead, have, tokens)
 
 
@@ -181,6 +190,14 @@ def fmt_bytes(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.2f} {unit}" if unit == "GB" else f"{n / size:.1f} {unit}"
     return f"{n:.0f} B"
+
+
+def fmt_count(n: float) -> str:
+    """A parameter count, short: 950, 3.4 K, 2.9 M, 1.2 B (as the sidebar shows it)."""
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f}"
 
 
 def check_fit(path: Path, probe: MemoryProbe, context_tokens: int = 4096,

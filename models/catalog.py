@@ -18,20 +18,19 @@ import functools
 import importlib.util
 import json
 import math
-import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.memory import available_memory, fit_report, model_context_length
+from engine.memory import fit_report, fmt_count, model_context_length, system_available_memory
 
 from .hub import cached_snapshot, default_cache_dir
+from .safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 SOURCE_CACHE = "hf-cache"
 SOURCE_FOLDER = "folder"
 SOURCE_RECENT = "recent"
-_MAX_HEADER = 100 << 20  # a safetensors header larger than this is a damaged file
 
 
 @dataclass(frozen=True)
@@ -67,13 +66,8 @@ class ModelEntry:
 
     @property
     def params_label(self) -> str:
-        """596M, 1.2B, 7B: how people name model sizes."""
-        n = self.num_parameters
-        if n >= 1e9:
-            return f"{n / 1e9:.1f}B".replace(".0B", "B")
-        if n >= 1e6:
-            return f"{n / 1e6:.0f}M"
-        return f"{n / 1e3:.0f}K" if n else "?"
+        """596.0 M, 1.2 B: the same figure the sidebar shows once the model is loaded."""
+        return fmt_count(self.num_parameters) if self.num_parameters else "?"
 
 
 @dataclass(frozen=True)
@@ -135,21 +129,6 @@ def architecture_problem(config: dict[str, Any]) -> str:
 
 # -- what the files say -------------------------------------------------------------------
 
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file: tensor names, dtypes, shapes, byte offsets."""
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) != 8:
-            raise ValueError("too short")
-        (size,) = struct.unpack("<Q", raw)
-        if size > _MAX_HEADER:
-            raise ValueError("header too large")
-        header = json.loads(fh.read(size))
-    if not isinstance(header, dict):
-        raise ValueError("header is not a table")
-    return header
-
-
 @dataclass(frozen=True)
 class ModelFacts:
     architecture: str
@@ -205,24 +184,24 @@ def describe_model(path: Path) -> ModelFacts:
     quant = _quant_settings(config)
     default_bits = quant.get("bits") if isinstance(quant.get("bits"), int) else None
     default_group = quant.get("group_size") if isinstance(quant.get("group_size"), int) else None
-    tensors: dict[str, tuple[list[int], int]] = {}
+    tensors: dict[str, tuple[tuple[int, ...], int]] = {}
     for f in files:
         try:
             header = read_safetensors_header(f)
-        except (OSError, ValueError, struct.error):
-            problem = problem or f"{f.name} is damaged (unreadable header): download it again"
+        except SafetensorsHeaderError as exc:
+            problem = problem or f"{f.name} is damaged: it {exc.reason}; download or copy it again"
             continue
-        for name, meta in header.items():
-            if name == "__metadata__" or not isinstance(meta, dict):
-                continue
-            start, end = meta.get("data_offsets", (0, 0))
-            tensors[name] = (list(meta.get("shape", [])), int(end) - int(start))
+        for name, entry in header.tensors.items():
+            tensors[name] = (entry.shape, entry.nbytes)
+    tied = config.get("tie_word_embeddings") is True
     weight_bytes = sum(f.stat().st_size for f in files if f.exists())
     params = 0
     total_bytes = 0
     for name, (shape, nbytes) in tensors.items():
-        total_bytes += nbytes
         module, _, leaf = name.rpartition(".")
+        if _dropped_on_load(name, module, tied):
+            continue
+        total_bytes += nbytes
         quantized = f"{module}.scales" in tensors
         if quantized and leaf in ("scales", "biases"):
             continue
@@ -244,6 +223,15 @@ def describe_model(path: Path) -> ModelFacts:
         context_length=model_context_length(config),
         is_demo="workbench_demo" in config,
     )
+
+
+def _dropped_on_load(name: str, module: str, tied: bool) -> bool:
+    """Tensors a checkpoint may hold that mlx-lm's ``sanitize`` drops, so the loaded model
+    (and ``get_total_parameters``) never has them: rotary tables, and the output layer of a
+    model whose embeddings are tied."""
+    if name.endswith("rotary_emb.inv_freq"):
+        return True
+    return tied and module.rpartition(".")[2] == "lm_head"
 
 
 def _missing_shards(path: Path) -> str:
@@ -360,7 +348,9 @@ def scan_models(folders: Iterable[str | Path] = (), *, cache_dir: str | Path | N
     ``recent`` holds specs (repo ids or folder paths), most recent first: those models come
     first in the list, then the rest by name. Models mlx-lm cannot load are left out unless
     ``include_unsupported``; their ``problem`` says why. ``fit`` compares each model's need
-    with ``context_tokens`` of context against ``available`` (default: free memory now).
+    with ``context_tokens`` of context against ``available`` (default: the system's free
+    memory now, read without MLX; pass the engine's ``MemoryReading.load_available`` for the
+    device's figure).
     """
     found: list[_Found] = _cache_models(cache_dir) if include_cache else []
     for folder in folders:
@@ -369,7 +359,7 @@ def scan_models(folders: Iterable[str | Path] = (), *, cache_dir: str | Path | N
         p = Path(spec).expanduser()
         if p.is_absolute() and (p / "config.json").is_file():
             found.append(_Found(p, SOURCE_RECENT))
-    have = available_memory() if available is None else available
+    have = system_available_memory() if available is None else available
     rank: dict[str, int] = {}
     for i, spec in enumerate(recent):
         key = spec if not Path(spec).expanduser().is_absolute() else _key(Path(spec))
@@ -433,7 +423,7 @@ def filter_models(entries: Iterable[ModelEntry], text: str) -> list[ModelEntry]:
     for e in entries:
         bits = f"{e.quant_bits}bit {e.quant_bits}-bit" if e.quant_bits else "full"
         hay = " ".join((e.name, e.repo_id or "", e.architecture, str(e.path), e.source, bits,
-                        e.params_label)).lower()
+                        e.params_label, e.params_label.replace(" ", ""))).lower()
         if all(w in hay for w in words):
             out.append(e)
     return out

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.errors import WorkbenchError
+
 DEMO_VERSION = 1
 """Bumped whenever the kit's output changes, so a cached demo folder is rebuilt."""
 
@@ -162,13 +164,58 @@ def _write_tokenizer(path: Path, vocab_size: int) -> int:
     return int(tok.get_vocab_size())
 
 
+STAMP_FILE = "DEMO_STAMP"
+
+
+class DemoFolderTaken(WorkbenchError):
+    """The folder to build into holds something that is not the demo's: nothing was touched."""
+
+    kind = "demo-folder"
+
+
+def _check_target(path: Path, ours: Callable[[Path], bool], what: str) -> None:
+    """Refuse a ``path`` that exists and is neither empty nor ``ours``: building there would
+    replace (or write into) whatever the user keeps in it."""
+    if path.is_symlink():
+        raise DemoFolderTaken(f"{path} is a symbolic link: give a new or empty folder for the "
+                              f"{what} (nothing was changed)")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise DemoFolderTaken(f"{path} is a file, not a folder: give a new or empty folder for "
+                              f"the {what} (nothing was changed)")
+    try:
+        empty = next(path.iterdir(), None) is None
+    except OSError as exc:
+        raise DemoFolderTaken(f"{path} cannot be read ({exc.strerror or exc}): give a new or "
+                              f"empty folder for the {what}") from None
+    if not empty and not ours(path):
+        raise DemoFolderTaken(f"{path} is not empty and is not an earlier {what}: it was left "
+                              "as it is; give a new or empty folder")
+
+
+def check_kit_folder(path: str | Path) -> None:
+    """Raise ``DemoFolderTaken`` unless ``build_demo(path)`` may replace what is there:
+    nothing, an empty folder, or a kit it built before (it holds ``DEMO_STAMP``)."""
+    _check_target(Path(path), lambda p: (p / STAMP_FILE).is_file(), "demo kit")
+
+
+def check_model_folder(path: str | Path) -> None:
+    """Raise ``DemoFolderTaken`` unless a demo model may be written at ``path``: nothing, an
+    empty folder, or a demo model written before (``is_demo_model``)."""
+    _check_target(Path(path), is_demo_model, "demo model")
+
+
 def build_model(path: str | Path, spec: DemoSpec = LLAMA) -> Path:
-    """Write a full-precision demo model folder to ``path`` and return it."""
+    """Write a full-precision demo model folder to ``path`` and return it.
+
+    ``path`` must be new, empty or an earlier demo model (else ``DemoFolderTaken``)."""
     import mlx.core as mx
     from mlx.utils import tree_map
     from mlx_lm.utils import _get_classes, save_model
 
     path = Path(path)
+    check_model_folder(path)
     path.mkdir(parents=True, exist_ok=True)
     vocab = _write_tokenizer(path, spec.vocab_size)
     config = spec.config(vocab)
@@ -190,10 +237,12 @@ def build_model(path: str | Path, spec: DemoSpec = LLAMA) -> Path:
 
 
 def quantize(src: str | Path, dst: str | Path, bits: int = 4, group_size: int = 64) -> Path:
-    """Quantize a model folder with mlx-lm's own convert."""
+    """Quantize a model folder with mlx-lm's own convert into ``dst``, which must be new,
+    empty or an earlier demo model (it is replaced; else ``DemoFolderTaken``)."""
     from mlx_lm import convert
 
     dst = Path(dst)
+    check_model_folder(dst)
     if dst.exists():
         shutil.rmtree(dst)
     # convert() prints "[INFO] ..." lines on stdout, which belongs to the caller's output.
@@ -286,10 +335,12 @@ def build_demo(root: str | Path, progress: Progress | None = None) -> DemoKit:
     """Build the whole kit (both models, 4-bit twins, adapters) into ``root``.
 
     Written to a temporary folder beside ``root`` and renamed into place, so an interrupted
-    build never leaves a half-made kit that looks whole.
+    build never leaves a half-made kit that looks whole. ``root`` must be new, empty or an
+    earlier kit (``check_kit_folder``): anything else raises ``DemoFolderTaken`` untouched.
     """
     say = progress or (lambda _msg: None)
     root = Path(root)
+    check_kit_folder(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo-", dir=root.parent))
     try:
@@ -301,7 +352,8 @@ def build_demo(root: str | Path, progress: Progress | None = None) -> DemoKit:
             quantize(tmp / spec.name, tmp / f"{spec.name}-4bit", bits=4)
             for adapter in ADAPTERS:
                 build_adapter(tmp / spec.name, kit.adapter(adapter.name, spec.name), adapter)
-        (tmp / "DEMO_STAMP").write_text(_stamp(root))
+        (tmp / STAMP_FILE).write_text(_stamp(root))
+        check_kit_folder(root)  # again: it may have changed during the build
         if root.exists():
             shutil.rmtree(root)
         tmp.rename(root)
@@ -314,7 +366,7 @@ def build_demo(root: str | Path, progress: Progress | None = None) -> DemoKit:
 
 def is_built(root: str | Path) -> bool:
     root = Path(root)
-    stamp = root / "DEMO_STAMP"
+    stamp = root / STAMP_FILE
     return stamp.is_file() and stamp.read_text() == _stamp(root)
 
 

@@ -30,6 +30,7 @@ Emit = Callable[[Any], None]
 __all__ = [
     "ALLOW_PATTERNS", "DownloadCancelled", "DownloadProgress", "check_model_folder",
     "display_name", "download", "looks_like_repo_id", "model_info", "offline", "resolve_model",
+    "short_model",
 ]
 
 
@@ -126,3 +127,16 @@ def display_name(spec: str, path: Path) -> str:
     from .catalog import repo_id_of
 
     return repo_id_of(path) or path.name
+
+
+def short_model(spec: str) -> str:
+    """A model as lists name it: a repo id as it is, a folder by its last part ("" for none).
+
+    Needs no file: works on what a session recorded even when the folder is gone.
+    """
+    spec = spec.strip() if spec else ""
+    if not spec:
+        return ""
+    if spec.startswith(("/", "~", ".")):
+        return Path(spec.rstrip("/")).name or spec
+    return spec

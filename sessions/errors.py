@@ -37,3 +37,22 @@ class SessionInUse(SessionError):
 
 class SessionExists(SessionError):
     kind = "session-exists"
+
+
+class SessionFolderUnusable(SessionError):
+    """The sessions folder is a file, cannot be created, or is not private enough."""
+
+    kind = "session-folder"
+
+
+class UnsafeLock(SessionError):
+    """A session's lock file is a symbolic link or another file the workbench did not make:
+    it is left as it is and nothing is written."""
+
+    kind = "session-lock"
+
+
+class ExportRefused(SessionError):
+    """An export would overwrite a file (without --force) or a session's own files."""
+
+    kind = "export-refused"

@@ -1,11 +1,21 @@
-"""Turn a session into Markdown (to read or share) or JSON (for scripts)."""
+"""Turn a session into Markdown (to read or share) or JSON (for scripts), and write it.
+
+``write_export`` never overwrites a file unless told to (``force``), never writes over a
+file of the sessions folder (a transcript, cache, lock... of any session, which would lose
+it), and writes the file private (0600): a conversation is nobody else's business.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from .errors import ExportRefused
+from .files import atomic_write
+from .store import SessionStore
 from .transcript import Session
 
 
@@ -71,3 +81,28 @@ def export_data(session: Session) -> dict[str, Any]:
 
 def export_json(session: Session) -> str:
     return json.dumps(export_data(session), indent=2, ensure_ascii=False) + "\n"
+
+
+def write_export(store: SessionStore, text: str, path: str | Path, *,
+                 force: bool = False) -> Path:
+    """Write ``text`` to ``path`` (0600, atomically) and return the path written.
+
+    Raises ``ExportRefused`` (one line) for a file of ``store``'s folder, a folder, or an
+    existing file without ``force``; nothing is written then.
+    """
+    out = Path(path).expanduser()
+    if store.is_session_file(out):
+        raise ExportRefused(f"{out} is one of the sessions folder's own files: writing it "
+                            "would damage a session; export to a file outside "
+                            f"{store.folder}")
+    if out.is_dir():
+        raise ExportRefused(f"{out} is a folder: give a file name, e.g. {out / 'chat.md'}")
+    if os.path.lexists(out) and not force:
+        raise ExportRefused(f"{out} exists: add --force to overwrite it, or give another "
+                            "file name")
+    try:
+        atomic_write(out, text.encode("utf-8"), mode=0o600, overwrite=force)
+    except FileExistsError:
+        raise ExportRefused(f"{out} appeared while exporting: add --force to overwrite it, or "
+                            "give another file name") from None
+    return out

@@ -12,9 +12,10 @@ Two fine-tunes of one base differ in those samples; a copied folder keeps its fi
 from __future__ import annotations
 
 import hashlib
-import struct
 import threading
 from pathlib import Path
+
+from models.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 FINGERPRINT_VERSION = "fp1"
 SAMPLE = 64 * 1024
@@ -61,11 +62,12 @@ def model_fingerprint(folder: str | Path) -> str:
 def _hash_weights(h: hashlib._Hash, path: Path) -> None:
     size = path.stat().st_size
     h.update(str(size).encode())
+    try:
+        header_len = read_safetensors_header(path).header_bytes
+    except SafetensorsHeaderError:
+        header_len = 0  # a damaged file: fingerprint its bytes as they are
     with open(path, "rb") as fh:
-        head = fh.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        header_len = n if 0 < n <= size - 8 else 0
-        h.update(head + fh.read(header_len))
+        h.update(fh.read(8 + header_len))
         start = 8 + header_len
         data = size - start
         for pos in (start, start + max(0, data // 2 - SAMPLE // 2), max(start, size - SAMPLE)):

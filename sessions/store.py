@@ -5,7 +5,11 @@ prompt cache side lives in ``sessions.cache`` and runs on the engine thread), so
 may use it. Its rules:
 
 - names are checked (``sessions.names``) before they touch the file system;
-- the folder is created private (0700) and every file is written 0600, atomically;
+- the folder is created private (0700) and every file is written 0600, atomically; an
+  existing folder other users can write to is tightened to 0700 (a notice says so, see
+  ``take_notices``) or, when it is not ours, refused; a file where the folder should be
+  is a one-line ``SessionFolderUnusable`` from every method;
+- lock files are never followed through a symbolic link nor truncated unless they are ours;
 - opening only reads (tomllib), and never changes a file, even a damaged one;
 - a session of a newer schema is refused and never overwritten;
 - writing takes a per-session lock, held until ``release``/``close``: a second process
@@ -29,11 +33,21 @@ from .errors import (
     BadSession,
     SessionError,
     SessionExists,
+    SessionFolderUnusable,
     SessionInUse,
     SessionNotFound,
     SessionTooNew,
+    UnsafeLock,
 )
-from .files import FileLock, LockBusy, atomic_write, private_dir, temp_files
+from .files import (
+    FileLock,
+    LockBusy,
+    LockRefused,
+    UnsafeFolder,
+    atomic_write,
+    private_dir,
+    temp_files,
+)
 from .names import MAX_NAME, check_name, sanitize_name
 from .transcript import Session, now, parse_session
 
@@ -98,6 +112,35 @@ class SessionStore:
         self._locks: dict[str, FileLock] = {}
         self._seen: dict[str, tuple[int, int, int]] = {}  # name -> stat of our last read/write
         self._mutex = threading.RLock()
+        self.notices: builtins.list[str] = []  # one-line notices about the folder, not yet shown
+
+    def take_notices(self) -> builtins.list[str]:
+        """Notices gathered since the last call (e.g. the folder was made private)."""
+        notices, self.notices = self.notices, []
+        return notices
+
+    def check_folder(self) -> None:
+        """Raise ``SessionFolderUnusable`` when a file (or anything but a folder) is where
+        the sessions folder should be, or a file is in its path."""
+        folder = self.folder
+        for part in (folder, *folder.parents):
+            if part.exists():
+                if not part.is_dir():
+                    what = (f"the sessions folder {folder} is a file" if part == folder
+                            else f"the sessions folder {folder} is inside {part}, a file")
+                    raise SessionFolderUnusable(
+                        f"{what}, not a folder: move the file away, or give another folder "
+                        "with --sessions-dir (or sessions_dir in the config)")
+                return
+
+    def _private_folder(self) -> None:
+        self.check_folder()
+        try:
+            notice = private_dir(self.folder)
+        except UnsafeFolder as exc:
+            raise SessionFolderUnusable(str(exc)) from None
+        if notice:
+            self.notices.append(notice)
 
     # -- paths ---------------------------------------------------------------------------
     def transcript_path(self, name: str) -> Path:
@@ -112,6 +155,27 @@ class SessionStore:
     def exists(self, name: str) -> bool:
         return self.transcript_path(name).is_file()
 
+    def is_session_file(self, path: str | Path) -> bool:
+        """True for a file of this folder that the store owns or would write (a transcript,
+        a cache, a set-aside copy, a lock or a temporary file), whether or not it exists:
+        what an export must never overwrite. Links are followed."""
+        p = Path(path).expanduser()
+        try:
+            folder = self.folder.resolve()
+            target = p.resolve()
+            # The name itself too: writing replaces the link, not its target.
+            candidates = {target, p.absolute().parent.resolve() / p.name}
+        except OSError:
+            return False
+        for c in candidates:
+            if c.parent != folder:
+                continue
+            name = c.name
+            if name.startswith(".") or name.endswith((TRANSCRIPT, CACHE, STALE, ".lock")) \
+                    or ".toml.damaged-" in name:
+                return True
+        return False
+
     # -- locks ---------------------------------------------------------------------------
     @_serialized
     def acquire(self, name: str) -> None:
@@ -120,10 +184,12 @@ class SessionStore:
         lock = self._locks.get(name)
         if lock is not None and lock.held:
             return
-        private_dir(self.folder)
+        self._private_folder()
         lock = FileLock(self.folder / f".{name}.lock")
         try:
             lock.acquire()
+        except LockRefused as refused:
+            raise UnsafeLock(f"session {name!r} is not opened for writing: {refused}") from None
         except LockBusy as busy:
             pid = str(busy.args[0]) if busy.args else ""
             where = ("elsewhere in this workbench" if pid == str(os.getpid())
@@ -164,6 +230,7 @@ class SessionStore:
         never changes a file.
         """
         path = self.transcript_path(name)
+        self.check_folder()
         if lock:
             self.acquire(name)
         try:
@@ -187,6 +254,7 @@ class SessionStore:
     def unique_name(self, base: str = "chat") -> str:
         """``base`` made safe, with ``-2``, ``-3``... added if a session has that name."""
         base = sanitize_name(base, default="chat")
+        self.check_folder()
         name, n = base, 1
         while self.exists(name) or self.cache_path(name).exists():
             n += 1
@@ -212,7 +280,8 @@ class SessionStore:
 
     def list(self, filter_text: str = "") -> list[SessionSummary]:
         """Every session in the folder, most recently used first; unreadable ones included
-        with their ``problem``."""
+        with their ``problem``. A file where the folder should be: ``SessionFolderUnusable``."""
+        self.check_folder()
         if not self.folder.is_dir():
             return []
         rows = []
@@ -231,6 +300,7 @@ class SessionStore:
 
     def summary(self, name: str) -> SessionSummary:
         path = self.transcript_path(name)
+        self.check_folder()
         if not path.is_file():
             raise SessionNotFound(f"no session named {name!r} in {self.folder}: "
                                   "`workbench sessions list` shows the saved ones")
@@ -295,6 +365,7 @@ class SessionStore:
     def delete(self, name: str) -> builtins.list[Path]:
         """Remove the session's transcript and caches; returns what was removed."""
         path = self.transcript_path(name)
+        self.check_folder()
         if not path.exists() and not self.cache_path(name).exists():
             raise SessionNotFound(f"no session named {name!r} in {self.folder}: "
                                   "`workbench sessions list` shows the saved ones")
@@ -314,6 +385,7 @@ class SessionStore:
     def rename(self, old: str, new: str) -> None:
         """Rename a session (transcript and caches). The title is left as it is."""
         check_name(new)
+        self.check_folder()
         if not self.exists(old):
             raise SessionNotFound(f"no session named {old!r} in {self.folder}: "
                                   "`workbench sessions list` shows the saved ones")

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from engine.errors import BadSetting
+from engine.errors import BadSetting, WorkbenchError
 from engine.sampling import PRESETS, SamplingParams, preset
 
 from . import models_cli
@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="One chat turn through the model's chat template. The "
                                    "reply streams to stdout, statistics go to stderr. "
                                    "Example: workbench generate --demo --prompt 'Hello'")
-    g.add_argument("--prompt", "-p", required=True, help="the user message ('-' reads stdin)")
+    g.add_argument("--prompt", "-p",
+                   help="the user message ('-' reads stdin; without --prompt, piped stdin is "
+                        "the message)")
     g.add_argument("--quiet", "-q", action="store_true", help="no statistics on stderr")
 
     c = sub.add_parser("chat", parents=[model, sampling],
@@ -118,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build the demo kit (llama and qwen3 with random weights, "
                                    "4-bit twins, LoRA/DoRA adapters) offline. "
                                    "Example: workbench demo-model ./demo")
-    d.add_argument("path", help="folder to write (replaced if it exists)")
+    d.add_argument("path", help="folder to write: new, empty, or an earlier demo kit (which "
+                                "is replaced); any other folder is refused")
     d.add_argument("--size", choices=["0.5b", "1b"],
                    help="instead of the kit, one random llama of this size (for benchmarks)")
     d.add_argument("--bits", type=int, choices=[4, 8],
@@ -138,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadSetting as exc:
         print(f"workbench: {exc}", file=sys.stderr)
         return 2
+    except WorkbenchError as exc:  # one line for anything a user can cause
+        print(f"workbench: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -145,17 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "demo-model":
-        from engine import demo
-
-        if args.size:
-            path = demo.build_model(args.path, demo.SIZED[args.size])
-            print(path)
-            if args.bits:
-                print(demo.quantize(path, f"{path}-{args.bits}bit", bits=args.bits))
-            return 0
-        kit = demo.build_demo(args.path, lambda msg: print(msg, file=sys.stderr))
-        print(kit.root)
-        return 0
+        return _demo_model(args)
     if command == "generate":
         from .generate import run_generate
 
@@ -175,9 +171,40 @@ def _dispatch(args: argparse.Namespace) -> int:
     handled = models_cli.run(args)
     if handled is not None:
         return handled
-    from .app import run_app
+    from .tui.app import run_app
 
     return run_app(args)
+
+
+def _demo_model(args: argparse.Namespace) -> int:
+    """Build the demo kit (or one sized model) at ``args.path``. A folder that holds anything
+    but an earlier demo is refused before anything is written; the MLX work runs on the
+    engine thread."""
+    from engine import Engine
+    from models import demo
+
+    from .runtime import on_engine
+
+    if args.size:
+        path = args.path
+        quantized = f"{str(path).rstrip('/')}-{args.bits}bit" if args.bits else None
+        demo.check_model_folder(path)
+        if quantized:
+            demo.check_model_folder(quantized)
+    else:
+        demo.check_kit_folder(args.path)
+    with Engine() as engine:
+        if args.size:
+            built = on_engine(engine, lambda: demo.build_model(path, demo.SIZED[args.size]))
+            print(built)
+            if quantized:
+                print(on_engine(engine, lambda: demo.quantize(built, quantized,
+                                                              bits=args.bits)))
+            return 0
+        kit = on_engine(engine, lambda: demo.build_demo(
+            args.path, lambda msg: print(msg, file=sys.stderr)))
+    print(kit.root)
+    return 0
 
 
 if __name__ == "__main__":

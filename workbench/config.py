@@ -72,13 +72,13 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
             if isinstance(data[key], str):
                 values[key] = data[key]
             else:
-                problems.append(f"{source}: {key} must be text, not {data[key]!r}")
+                problems.append(f"{source}: {key} must be text, not {_short(data[key])}")
     if "max_kv_size" in data:
         v = data["max_kv_size"]
         if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
             values["max_kv_size"] = v
         else:
-            problems.append(f"{source}: max_kv_size must be a whole number >= 0, not {v!r}")
+            problems.append(f"{source}: max_kv_size must be a whole number >= 0, not {_short(v)}")
     sampling = SamplingParams()
     raw = data.get("sampling", {})
     if not isinstance(raw, dict):
@@ -89,11 +89,27 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
             sampling = sampling.with_values(**{key: value})
         except BadSetting as exc:
             problems.append(f"{source}: [sampling] {exc}")
-    keys = data.get("keys", {})
-    if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
-        problems.append(f"{source}: [keys] must map binding ids to key names (text)")
-        keys = {}
-    return Config(**values, sampling=sampling, keys=dict(keys), problems=tuple(problems))
+    raw_keys = data.get("keys", {})
+    keys: dict[str, str] = {}
+    if not isinstance(raw_keys, dict):
+        problems.append(f"{source}: [keys] must be a table of binding ids and key names")
+        raw_keys = {}
+    for binding, value in raw_keys.items():
+        if isinstance(value, str):
+            keys[binding] = value
+        else:  # this one is skipped; the rest of [keys] still applies
+            problems.append(f"{source}: [keys] {binding} must be key names as text, such as "
+                            f"\"ctrl+s,f5\", not {_short(value)} (ignored)")
+    return Config(**values, sampling=sampling, keys=keys, problems=tuple(problems))
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr`` of a config value, cut to one short line."""
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_config(path: Path | None = None) -> Config:
@@ -106,7 +122,14 @@ def load_config(path: Path | None = None) -> Config:
         return Config(path=path, problems=(f"{path}: cannot be read ({exc}); using defaults",))
     except tomllib.TOMLDecodeError as exc:
         return Config(path=path, problems=(f"{path}: not valid TOML ({exc}); using defaults",))
-    return replace(parse_config(data, str(path)), path=path)
+    except RecursionError:  # e.g. `a = [[[[...` nested thousands deep
+        return Config(path=path, problems=(f"{path}: nested too deeply to be read (a value "
+                                           "inside thousands of brackets?); using defaults",))
+    try:
+        return replace(parse_config(data, str(path)), path=path)
+    except RecursionError:
+        return Config(path=path, problems=(f"{path}: a value is nested too deeply to be used; "
+                                           "using defaults",))
 
 
 def save_config(config: Config, path: Path | None = None) -> Path:

@@ -18,9 +18,34 @@ def format_stats(stats: TurnStats) -> str:
             f"{stats.finish_reason} | peak {stats.peak_memory / 1e6:.0f} MB")
 
 
+def read_prompt(args: argparse.Namespace) -> str | None:
+    """``--prompt``; ``-`` or no ``--prompt`` with stdin piped reads stdin; None when there is
+    no prompt at all (no ``--prompt`` and stdin is a terminal)."""
+    if args.prompt == "-" or (args.prompt is None and not sys.stdin.isatty()):
+        return sys.stdin.read()
+    return args.prompt
+
+
+def error_line(event: Error, max_kv_size: int | None) -> str:
+    """The one line to print for an engine error, with advice that fits a one-shot command
+    (the engine's messages speak to the line-mode chat, e.g. "/reset")."""
+    if event.kind == "context":
+        tokens, limit = event.details.get("prompt_tokens"), event.details.get("limit")
+        size = (f"the prompt is {tokens} tokens and the context holds {limit}"
+                if tokens is not None and limit is not None else event.message.split(":")[0])
+        bigger = (f"a --max-kv-size larger than {max_kv_size}" if max_kv_size
+                  else "a model with a longer context")
+        return f"{size}: give a shorter prompt (or system prompt), or {bigger}"
+    return event.message
+
+
 def run_generate(args: argparse.Namespace) -> int:
+    prompt = read_prompt(args)
+    if prompt is None:
+        print("workbench: generate needs a prompt: --prompt TEXT, or pipe it in "
+              "(echo hi | workbench generate)", file=sys.stderr)
+        return 2
     config, params = setup(args)
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     system = args.system if args.system is not None else (config.system_prompt or None)
     with start_engine(args, config) as engine:
         choice = choose_model_on(engine, args, config, None if args.quiet else _say)
@@ -45,7 +70,8 @@ def run_generate(args: argparse.Namespace) -> int:
                     if not args.quiet:
                         print(format_stats(event.stats), file=sys.stderr)
                 elif isinstance(event, Error):
-                    print(f"\nworkbench: {event.message}", file=sys.stderr)
+                    max_kv = getattr(args, "max_kv_size", None) or config.max_kv_size or None
+                    print(f"\nworkbench: {error_line(event, max_kv)}", file=sys.stderr)
                     code = 1
         except KeyboardInterrupt:
             engine.cancel()

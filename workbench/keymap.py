@@ -125,19 +125,119 @@ def known_ids() -> set[str]:
     return {b.id for b in all_bindings() if b.id}
 
 
+# Where each group of bindings is active. App bindings are active everywhere; a screen's own
+# bindings only on that screen (they may reuse an app key: the screen's wins there, as
+# Escape does by default).
+GROUPS: dict[str, list[Binding]] = {
+    "app": APP_BINDINGS, "prompt": PROMPT_BINDINGS, "settings": SETTINGS_BINDINGS,
+    "adapter-list": ADAPTER_LIST_BINDINGS, "scale": SCALE_BINDINGS,
+    "sessions": SESSIONS_BINDINGS, "models": MODELS_BINDINGS,
+}
+RESERVED_KEYS: dict[str, str] = {
+    "ctrl+c": "copy (the terminal's and Textual's own)",
+    "tab": "moving the focus",
+    "shift+tab": "moving the focus back",
+}
+"""Keys Textual itself needs, which no binding may take."""
+
+
+def normalize_key(key: str) -> str:
+    """One spelling per key: ``Ctrl+Q`` and ``ctrl+q`` are the same key; ``N`` (shift+n)
+    and ``n`` are not."""
+    parts = [p.strip() for p in key.strip().split("+")]
+    *mods, last = parts
+    if mods or len(last) > 1:
+        last = last.lower()
+    return "+".join([*sorted(m.lower() for m in mods), last])
+
+
+def split_keys(keys: str) -> list[str]:
+    return [normalize_key(k) for k in keys.split(",") if k.strip()]
+
+
+def _group_of() -> dict[str, str]:
+    return {b.id: g for g, bindings in GROUPS.items() for b in bindings if b.id}
+
+
+def _label(binding_id: str) -> str:
+    binding = next((b for b in all_bindings() if b.id == binding_id), None)
+    return f"{binding.description} ({binding_id})" if binding else binding_id
+
+
 def check_keymap(keymap: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
-    """Split the config's ``[keys]`` table into usable entries and one-line problems."""
+    """Split the config's ``[keys]`` table into usable entries and one-line problems.
+
+    An entry is refused (and its binding keeps its default keys) when its id is unknown, it
+    has no keys, or a key is one Textual reserves or another binding has there: the app's
+    Quit (Ctrl+Q) and any priority binding everywhere, other bindings of the same screen.
+    Remaps are checked together, so two bindings can swap keys; of two entries that want
+    one key, the first keeps it. Every other entry still applies.
+    """
     known = known_ids()
-    good: dict[str, str] = {}
+    group = _group_of()
+    defaults = {b.id: split_keys(b.key) for b in all_bindings() if b.id}
+    priority = {b.id for b in all_bindings() if b.id and b.priority}
+    wanted: dict[str, list[str]] = {}
     problems: list[str] = []
     for binding_id, keys in keymap.items():
         if binding_id not in known:
-            problems.append(f"config [keys]: unknown binding id {binding_id!r} (ignored); "
-                            f"known ids: {', '.join(sorted(known))}")
-        elif not keys.strip():
-            problems.append(f"config [keys]: {binding_id} has no keys (ignored)")
+            problems.append(f"unknown key binding id {binding_id!r} in [keys] (ignored): F1 "
+                            "lists the ids")
+        elif not isinstance(keys, str) or not split_keys(keys):
+            problems.append(f"[keys] {binding_id} has no keys (ignored): it keeps "
+                            f"{','.join(defaults[binding_id])}")
         else:
-            good[binding_id] = keys
+            reserved = next((k for k in split_keys(keys) if k in RESERVED_KEYS), None)
+            if reserved:
+                problems.append(f"[keys] {binding_id} = {keys!r} refused: {reserved} is kept "
+                                f"for {RESERVED_KEYS[reserved]}; it keeps "
+                                f"{','.join(defaults[binding_id])}")
+            else:
+                wanted[binding_id] = split_keys(keys)
+
+    def clash(binding_id: str, effective: dict[str, list[str]]) -> tuple[str, str] | None:
+        """(key, other id) when one of ``binding_id``'s keys is another binding's there."""
+        mine = group[binding_id]
+        for other, keys in effective.items():
+            if other == binding_id:
+                continue
+            same_scope = (group[other] == mine or other in priority or binding_id in priority
+                          or (mine == "app" and group[other] == "prompt")
+                          or (group[other] == "app" and mine == "prompt"))
+            if not same_scope:
+                continue
+            for key in effective[binding_id]:
+                if key in keys:
+                    return key, other
+        return None
+
+    refused: set[str] = set()
+    changed = True
+    while changed:  # refusing one remap gives its binding its default keys back: check again
+        changed = False
+        effective = {**defaults, **{i: k for i, k in wanted.items() if i not in refused}}
+        for binding_id in wanted:
+            if binding_id in refused:
+                continue
+            found = clash(binding_id, effective)
+            if found is None:
+                continue
+            key, other = found
+            # Of two remaps that want one key, the first in the config keeps it.
+            order = list(wanted)
+            if other in wanted and other not in refused and \
+                    order.index(other) > order.index(binding_id):
+                refused.add(other)
+                victim, holder = other, binding_id
+            else:
+                refused.add(binding_id)
+                victim, holder = binding_id, other
+            problems.append(f"[keys] {victim} = {keymap[victim]!r} refused: {key} is already "
+                            f"the key of {_label(holder)}; {victim} keeps "
+                            f"{','.join(defaults[victim])}")
+            changed = True
+            break
+    good = {i: keymap[i] for i in wanted if i not in refused}
     return good, problems
 
 

@@ -117,13 +117,36 @@ class _ProgressLine:
 
 # -- models --------------------------------------------------------------------------------
 
+def free_memory_now() -> int:
+    """What a model load can count on now, read on the engine's thread (MLX is asked there
+    only, as the app does); the system's free memory if the engine cannot answer."""
+    from engine import Engine, Result
+    from engine.memory import system_available_memory
+
+    try:
+        with Engine() as engine:
+            final = engine.memory().wait(30)
+    except Exception:  # noqa: BLE001 - a best-effort figure; the OS's is good enough
+        return system_available_memory()
+    if isinstance(final, Result) and final.value.load_available > 0:
+        return int(final.value.load_available)
+    return system_available_memory()
+
+
 def run_models(args: argparse.Namespace) -> int:
-    from engine.memory import available_memory, gb
+    from pathlib import Path
+
+    from engine.memory import gb
     from models.catalog import filter_models, partial_downloads, scan_models
 
     from . import recent
     from .config import load_config
 
+    for given in args.folder:
+        folder = Path(given).expanduser()
+        if not folder.is_dir():
+            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            return _fail(f"--folder {given} {what}: give a folder that holds model folders")
     if args.add_folder:
         folder = recent.add_model_folder(args.add_folder)
         if not folder.is_dir():
@@ -136,7 +159,7 @@ def run_models(args: argparse.Namespace) -> int:
     for problem in memory.problems:
         print(f"workbench: {problem}", file=sys.stderr)
     folders = [*recent.model_folders(), *args.folder]
-    available = available_memory()
+    available = free_memory_now()
     entries = scan_models(folders, recent=[r.spec for r in memory.recent],
                           context_tokens=max(1, args.context), available=available,
                           include_unsupported=args.all)
@@ -161,21 +184,37 @@ def run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+RECENT_MARK = "*"
+
+
+def _where(entry: Any) -> str:
+    """Where a model is: the cache for a cached repo (its name is the repo id), else its
+    folder, with ``~`` for the home folder."""
+    from pathlib import Path
+
+    if entry.source == "hf-cache":
+        return "hf-cache"
+    path = str(entry.path)
+    home = str(Path.home())
+    return "~" + path[len(home):] if path == home or path.startswith(home + "/") else path
+
+
 def format_table(entries: list[Any]) -> str:
     from engine.memory import gb
 
     fit_words = {"fits": "yes", "tight": "tight", "too-big": "NO", "?": "?"}
     rows = [("", "MODEL", "PARAMS", "BITS", "SIZE", "CONTEXT", "FITS", "WHERE")]
     for e in entries:
+        where = _where(e)
         rows.append((
-            "*" if e.recent_rank is not None else "",
+            RECENT_MARK if e.recent_rank is not None else "",
             e.name + (" (demo)" if e.is_demo else ""),
             e.params_label,
             f"{e.bits_per_weight:.1f}" if e.bits_per_weight else "?",
             gb(e.size_on_disk),
             str(e.context_length or "?"),
             fit_words.get(e.fit, e.fit) if e.supported else "-",
-            e.source if e.supported else f"cannot load: {e.problem}",
+            where if e.supported else f"{where}: cannot load: {e.problem}",
         ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = []
@@ -183,6 +222,9 @@ def format_table(entries: list[Any]) -> str:
         cells = [c.ljust(w) if i in (0, 1) else c.rjust(w)
                  for i, (c, w) in enumerate(zip(r, widths, strict=False))]
         lines.append("  ".join([*cells, r[-1]]).rstrip())
+    if any(e.recent_rank is not None for e in entries):
+        lines.append(f"{RECENT_MARK} used recently (listed first, the latest at the top); "
+                     "FITS: whether it fits in the memory free now")
     return "\n".join(lines)
 
 

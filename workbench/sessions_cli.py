@@ -12,7 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.memory import fmt_bytes
+from models.resolve import short_model
+
 EXAMPLES = """examples:
+  workbench sessions            (the same as `workbench sessions list`)
   workbench sessions list
   workbench sessions show my-chat
   workbench sessions export my-chat --format md > my-chat.md
@@ -30,7 +34,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Saved conversations: NAME.toml transcripts with NAME.safetensors prompt "
                     "caches in the sessions folder.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="sessions_command", metavar="ACTION", required=True)
+    # No action lists, as `list` does.
+    p.set_defaults(sessions_command="list", filter="", json=False)
+    sub = p.add_subparsers(dest="sessions_command", metavar="ACTION")
     ls = sub.add_parser("list", parents=[where], help="the saved sessions, latest first")
     ls.add_argument("--filter", default="", metavar="TEXT",
                     help="only sessions whose name, title, model or adapter contains TEXT")
@@ -40,7 +46,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ex = sub.add_parser("export", parents=[where], help="a session as Markdown or JSON")
     ex.add_argument("name")
     ex.add_argument("--format", choices=("md", "json"), default="md", help="md (default) or json")
-    ex.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    ex.add_argument("--output", "-o", metavar="FILE",
+                    help="write to FILE (private, 0600) instead of stdout; an existing FILE "
+                         "is kept unless --force; a session's own files never")
+    ex.add_argument("--force", "-f", action="store_true",
+                    help="with --output: overwrite FILE if it exists")
     rm = sub.add_parser("delete", parents=[where], help="delete a session and its cache")
     rm.add_argument("name")
     rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
@@ -63,9 +73,10 @@ def run(args: argparse.Namespace) -> int:
     from sessions import SessionError, SessionStore
 
     store = SessionStore(sessions_folder(args))
-    action = args.sessions_command
+    action = args.sessions_command or "list"
     try:
         with store:
+            store.check_folder()
             if action == "list":
                 return _list(store, args)
             if action == "show":
@@ -85,23 +96,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"workbench: {exc.strerror or exc}: {exc.filename or store.folder}",
               file=sys.stderr)
         return 1
+    finally:
+        for notice in store.take_notices():
+            print(f"workbench: note: {notice}", file=sys.stderr)
     raise AssertionError(action)  # pragma: no cover - argparse restricts the choices
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"  # pragma: no cover
-
-
-def short_model(model: str) -> str:
-    """A repo id as it is; a folder by its last part."""
-    if not model:
-        return "-"
-    return model if not model.startswith(("/", "~", ".")) else Path(model).name
 
 
 def _list(store: Any, args: argparse.Namespace) -> int:
@@ -117,12 +115,12 @@ def _list(store: Any, args: argparse.Namespace) -> int:
     for r in rows:
         if r.problem:
             table.append((r.name, f"(cannot be opened: {r.problem})", "", "", "", "",
-                          human_size(r.size_bytes)))
+                          fmt_bytes(r.size_bytes)))
             continue
-        table.append((r.name, _clip(r.title, 40), _clip(short_model(r.model), 28),
+        table.append((r.name, _clip(r.title, 40), _clip(short_model(r.model) or "-", 28),
                       _clip(Path(r.adapter).name if r.adapter else "-", 16), str(r.turns),
                       f"{r.updated.astimezone():%Y-%m-%d %H:%M}" if r.updated else "-",
-                      human_size(r.size_bytes)))
+                      fmt_bytes(r.size_bytes)))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     for row in table:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[-1]]
@@ -157,7 +155,7 @@ def _show(store: Any, name: str) -> int:
         ("sampling", ", ".join(f"{k}={v}" for k, v in session.sampling.to_dict().items()
                                if v is not None)),
         ("transcript", f"{store.transcript_path(name)} "
-                       f"({human_size(store.transcript_path(name).stat().st_size)})"),
+                       f"({fmt_bytes(store.transcript_path(name).stat().st_size)})"),
         ("cache", _cache_line(store, session)),
     ]
     if session.system_prompt:
@@ -186,7 +184,7 @@ def _cache_line(store: Any, session: Any) -> str:
     except CacheUnusable as why:
         return f"{path.name} {why}: it will be set aside and rebuilt on resume"
     tokens = header.tokens
-    line = (f"{path} ({human_size(header.file_bytes)}, "
+    line = (f"{path} ({fmt_bytes(header.file_bytes)}, "
             f"{len(tokens) if tokens is not None else '?'} tokens)")
     model = Path(session.model).expanduser() if session.model else None
     stored = header.metadata.get("workbench_fingerprint", "")
@@ -200,13 +198,12 @@ def _cache_line(store: Any, session: Any) -> str:
 
 def _export(store: Any, args: argparse.Namespace) -> int:
     from sessions import export_json, export_markdown
-    from sessions.files import atomic_write
+    from sessions.export import write_export
 
     session = store.open(args.name)
     text = export_markdown(session) if args.format == "md" else export_json(session)
     if args.output:
-        out = Path(args.output).expanduser()
-        atomic_write(out, text.encode("utf-8"), mode=0o644)
+        out = write_export(store, text, args.output, force=args.force)
         print(f"wrote {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -221,7 +218,7 @@ def _delete(store: Any, args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         answer = input(f"delete session {args.name!r} ({summary.turns} turns, "
-                       f"{human_size(summary.size_bytes)})? [y/N] ")
+                       f"{fmt_bytes(summary.size_bytes)})? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("kept it")
             return 1
