@@ -142,9 +142,10 @@ class EngineCore:
         """The token ids whose keys and values the active cache holds."""
         return self.caches.tokens(self.cache_key)
 
-    def snapshot(self) -> CacheSnapshot | None:
-        """The active cache and the tokens it holds (for a session save)."""
-        return self.caches.snapshot(self.cache_key)
+    def snapshot(self, valid: list[int] | None = None) -> CacheSnapshot | None:
+        """The active cache and the tokens it holds (for a session save); with ``valid``,
+        only the longest part that agrees with those tokens and can be had on its own."""
+        return self.caches.snapshot(self.cache_key, valid)
 
     def restore(self, cache: list[Any], tokens: list[int]) -> None:
         """Make ``cache`` (holding ``tokens``) the active cache (a resumed session)."""
@@ -175,6 +176,7 @@ class EngineCore:
             self.caches.drop(self.cache_key)  # unknown state: rebuild next turn
             raise
         slot.reconcile()
+        slot.mark()
         return len(slot.tokens) - start, cancelled
 
     # -- adapters ------------------------------------------------------------------------

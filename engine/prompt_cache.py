@@ -5,6 +5,13 @@ because K/V computed under one adapter are wrong under another. ``PromptCaches``
 bounded number of slots, least recently used out, and finds how much of a new prompt a slot
 can reuse (``reuse_prefix``: the longest common prefix, the rest trimmed off).
 
+Some layer caches cannot be trimmed: a sliding-window layer's ``RotatingKVCache`` once its
+window is full, a recurrent layer's state always. For those the slot keeps a *checkpoint*:
+a copy of those layers taken when a prompt had been read, before the reply was written. The
+next prompt nearly always begins with the previous one, so a mismatch after that point
+(the template renders the last reply differently, a reply was edited or regenerated) goes
+back to the checkpoint and reads only the rest, instead of the whole conversation.
+
 ``snapshot`` / ``restore`` are the public way for other packages (the session store) to take
 a copy of what is cached and to put a cache back: nobody else touches the slots. All of it
 runs on the engine thread (the arrays are MLX arrays).
@@ -29,12 +36,57 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+def always_trimmable(layer: Any) -> bool:
+    """Plain and quantized K/V caches can be cut to any prefix; other kinds cannot always."""
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache
+
+    return type(layer) in (KVCache, QuantizedKVCache)
+
+
+def copy_layer(layer: Any) -> Any:
+    """An independent copy of a layer cache (its arrays are updated in place as it grows)."""
+    import mlx.core as mx
+
+    state = layer.state
+    kind: Any = type(layer)
+    new = kind.__new__(kind)
+    new.__dict__.update(layer.__dict__)
+    new.state = type(state)(mx.array(x) if isinstance(x, mx.array) else x for x in state)
+    return new
+
+
+def cut_layer(layer: Any, tokens: int) -> Any:
+    """A copy of a plain or quantized K/V cache holding exactly its first ``tokens`` entries
+    (not the whole preallocated buffer, which grows in steps of 256)."""
+    from mlx_lm.models.cache import KVCache, QuantizedKVCache
+
+    if layer.keys is None:
+        return copy_layer(layer)
+    if type(layer) is KVCache:
+        return KVCache.from_state((layer.keys[..., :tokens, :],
+                                   layer.values[..., :tokens, :], tokens))
+    keys = tuple(a[..., :tokens, :] for a in layer.keys)
+    values = tuple(a[..., :tokens, :] for a in layer.values)
+    assert type(layer) is QuantizedKVCache
+    return QuantizedKVCache.from_state((keys, values, tokens, layer.group_size, layer.bits))
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Copies of the layers that cannot be trimmed, as they were after ``tokens`` tokens
+    (None for the layers that can)."""
+
+    tokens: int
+    layers: tuple[Any, ...]
+
+
 @dataclass
 class CacheSlot:
     """A prompt cache and the token ids whose keys and values it holds, in order."""
 
     cache: list[Any]
     tokens: list[int] = field(default_factory=list)
+    checkpoint: Checkpoint | None = None
 
     @property
     def nbytes(self) -> int:
@@ -62,12 +114,49 @@ class CacheSlot:
             else:  # cannot tell what the extra entries are: start over
                 self.cache[:] = []
                 self.tokens.clear()
+        if self.checkpoint is not None and self.checkpoint.tokens > len(self.tokens):
+            self.checkpoint = None
+
+    def mark(self) -> None:
+        """Take a checkpoint now, if some layer could not be trimmed back to here later."""
+        if all(always_trimmable(c) for c in self.cache):
+            return
+        self.checkpoint = Checkpoint(len(self.tokens), tuple(
+            None if always_trimmable(c) else copy_layer(c) for c in self.cache))
+
+    def back_to_checkpoint(self, limit: int) -> bool:
+        """Return to the checkpoint if it holds no more than ``limit`` tokens; False if
+        there is none to go back to."""
+        point = self.checkpoint
+        if point is None or point.tokens > limit or point.tokens > len(self.tokens):
+            return False
+        for i, saved in enumerate(point.layers):
+            layer = self.cache[i]
+            if saved is not None:
+                self.cache[i] = copy_layer(saved)  # the checkpoint stays for another time
+            elif layer.offset > point.tokens:
+                layer.trim(layer.offset - point.tokens)
+        del self.tokens[point.tokens:]
+        return True
+
+    def prefix(self, limit: int) -> tuple[list[Any], int]:
+        """The layer caches holding the longest prefix of at most ``limit`` tokens that can
+        be had (any prefix when every layer can be cut; else the checkpoint's, or all that
+        is held), and that prefix's length. They share arrays with the live cache: use them
+        at once, on the engine thread (a save does), before the next turn changes them."""
+        if all(always_trimmable(c) for c in self.cache):
+            return [cut_layer(c, limit) for c in self.cache], limit
+        point = self.checkpoint
+        if limit >= len(self.tokens) or point is None or point.tokens > limit:
+            return list(self.cache), len(self.tokens)
+        return [saved if saved is not None else cut_layer(layer, point.tokens)
+                for layer, saved in zip(self.cache, point.layers, strict=True)], point.tokens
 
 
 @dataclass(frozen=True)
 class CacheSnapshot:
-    """What one slot holds, for a save: the layer caches (the live objects: use them on the
-    engine thread, before the next turn changes them) and the tokens they hold."""
+    """What one slot holds, for a save: layer caches (sharing the live arrays: write them
+    at once, on the engine thread) and the tokens they hold."""
 
     key: CacheKey
     cache: list[Any]
@@ -146,26 +235,33 @@ class PromptCaches:
             if can_trim_prompt_cache(slot.cache):
                 trim_prompt_cache(slot.cache, extra)
                 del slot.tokens[common:]
+            elif slot.back_to_checkpoint(common):
+                return len(slot.tokens)
             else:
                 self.drop(key)
                 return 0
         return common
 
     # -- the public copy: sessions save and restore through these ------------------------
-    def snapshot(self, key: CacheKey) -> CacheSnapshot | None:
-        """What ``key``'s slot holds now (None when nothing is cached), its tokens checked
-        against the cache's own offset."""
+    def snapshot(self, key: CacheKey, valid: list[int] | None = None) -> CacheSnapshot | None:
+        """A copy of ``key``'s cache (None when nothing is cached). With ``valid``, only the
+        longest part of it that agrees with those tokens and can be had on its own (see
+        ``CacheSlot.prefix``); None when nothing agrees."""
         slot = self._slots.get(key)
         if slot is None or not slot.tokens or not slot.cache:
             return None
         if slot.offset() != len(slot.tokens):
             slot.reconcile()
-        if not slot.tokens:
+        limit = len(slot.tokens) if valid is None else common_prefix(slot.tokens, valid)
+        if limit == 0:
             return None
-        return CacheSnapshot(key, slot.cache, tuple(slot.tokens))
+        cache, held = slot.prefix(limit)
+        return CacheSnapshot(key, cache, tuple(slot.tokens[:held]))
 
     def restore(self, key: CacheKey, cache: list[Any], tokens: list[int]) -> None:
         """Make ``cache`` (holding exactly ``tokens``) the slot of ``key``."""
-        self._slots[key] = CacheSlot(cache, list(tokens))
+        slot = CacheSlot(cache, list(tokens))
+        slot.mark()  # the next prompt begins with these tokens
+        self._slots[key] = slot
         self.touch(key)
         self.bound(key)

@@ -149,6 +149,7 @@ def run_turn(loaded: LoadedModel, caches: PromptCaches, key: CacheKey,
             if cancel.is_set():
                 break
         if not cancel.is_set():
+            slot.mark()  # where the next prompt will most likely part from this one
             last_memory = 0.0
             for resp in stream_generate(
                 loaded.model, loaded.tokenizer, mx.array(prompt[-1:]), max_tokens=max_tokens,

@@ -32,7 +32,7 @@ from engine.errors import NoModel
 from engine.prompt_cache import common_prefix
 from models.hub import looks_like_repo_id
 
-from .cache_file import CacheUnusable, cut, cuttable, load_checked, write_cache
+from .cache_file import CacheUnusable, load_checked, write_cache
 from .errors import SessionError
 from .fingerprint import model_fingerprint
 from .store import SavedTranscript, SessionStore
@@ -113,19 +113,15 @@ def save_cache(core: EngineCore, store: SessionStore, session: Session) -> Cache
     _require_model(core)
     assert core.info is not None
     start = time.perf_counter()
-    snap = core.snapshot()
+    snap = core.snapshot(valid=render_history(core, session.chat_messages()))
     if snap is None:
-        return CacheSaved(None, 0, 0, 0.0, skipped="nothing is cached yet")
-    tokens = list(snap.tokens)
-    keep = common_prefix(tokens, render_history(core, session.chat_messages()))
-    if keep == 0:
-        return CacheSaved(None, 0, 0, 0.0,
-                          skipped="the engine's cache holds another conversation")
-    if not cuttable(snap.cache):  # e.g. a rotating or recurrent cache: all or nothing
-        keep = len(tokens)
+        skipped = ("nothing is cached yet" if not core.cached_tokens()
+                   else "the engine's cache holds another conversation")
+        return CacheSaved(None, 0, 0, 0.0, skipped=skipped)
+    keep = len(snap.tokens)
     path = store.cache_path(session.name)
     store.acquire(session.name)
-    write_cache(core, path, cut(snap.cache, keep), tokens[:keep], model_ref(core))
+    write_cache(core, path, snap.cache, list(snap.tokens), model_ref(core))
     return CacheSaved(path, keep, path.stat().st_size, time.perf_counter() - start)
 
 
@@ -182,16 +178,20 @@ def resume(core: EngineCore, store: SessionStore, session: Session, emit: Emit |
         if common == 0:
             raise CacheUnusable("belongs to another conversation")
         if common < len(tokens) and not can_trim_prompt_cache(cache):
-            raise CacheUnusable("cannot be cut back to this transcript (it changed since)")
+            raise CacheUnusable(
+                f"agrees with the transcript for {common} of its {len(tokens)} tokens and "
+                "cannot be cut back to them (its sliding-window layers keep only the latest "
+                "tokens)")
     except CacheUnusable as why:
         return _rebuild(core, store, session, history, str(why), emit, cancel, start)
 
     notice = None
     if common < len(tokens):
         trim_prompt_cache(cache, len(tokens) - common)
-        notice = (f"session {session.name!r}: the saved prompt cache matches {common} of "
-                  f"{len(history)} tokens (the transcript changed since it was saved): the "
-                  "rest will be read with the next message")
+        notice = (f"session {session.name!r}: the saved prompt cache agrees with the "
+                  f"transcript for {common} of its {len(tokens)} tokens (the transcript, or how "
+                  "the model's template renders it, changed since the save): the other "
+                  f"{len(history) - common} will be read with the next message")
         emit(Notice(notice))
     core.restore(cache, tokens[:common])
     return ResumeReport(True, common, 0, len(history), notice=notice,

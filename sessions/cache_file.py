@@ -82,38 +82,10 @@ def tensor_digest(cache: Iterable[Any]) -> str:
         if isinstance(value, mx.array):
             contiguous = mx.contiguous(value)
             mx.eval(contiguous)
-            digest.update(memoryview(contiguous))
+            digest.update(memoryview(contiguous))  # type: ignore[arg-type]
         else:  # the scalars a cache saves with its arrays (offsets, sizes)
             digest.update(repr(value).encode())
     return f"{DIGEST_KIND}:{digest.hexdigest()}"
-
-
-def cuttable(cache: list[Any]) -> bool:
-    """Whether every layer can be cut to a prefix (plain and quantized K/V caches can;
-    rotating and recurrent ones are all or nothing)."""
-    from mlx_lm.models.cache import KVCache, QuantizedKVCache
-
-    return all(type(c) in (KVCache, QuantizedKVCache) for c in cache)
-
-
-def cut(cache: list[Any], tokens: int) -> list[Any]:
-    """Copies of the layer caches holding exactly ``tokens`` entries (not the whole
-    preallocated buffer, which grows in steps of 256)."""
-    from mlx_lm.models.cache import KVCache, QuantizedKVCache
-
-    out = []
-    for c in cache:
-        if type(c) is KVCache and c.keys is not None:
-            out.append(KVCache.from_state((c.keys[..., :tokens, :], c.values[..., :tokens, :],
-                                           tokens)))
-        elif type(c) is QuantizedKVCache and c.keys is not None:
-            keys = tuple(a[..., :tokens, :] for a in c.keys)
-            values = tuple(a[..., :tokens, :] for a in c.values)
-            out.append(QuantizedKVCache.from_state((keys, values, tokens, c.group_size,
-                                                    c.bits)))
-        else:  # other cache kinds are saved as they are
-            out.append(c)
-    return out
 
 
 def write_cache(core: EngineCore, path: Path, cache: list[Any], tokens: list[int],
