@@ -34,9 +34,18 @@ def export_markdown(session: Session) -> str:
                          if v is not None)
     facts.append(("sampling", sampling))
     lines += [f"- **{k}**: {v}" for k, v in facts if v]
-    if session.system_prompt:
-        lines += ["", "## System", "", session.system_prompt]
-    for m in session.messages:
+    replies = [m for m in session.messages if m.role == "assistant"]
+    system = session.system_prompt_of(replies[0]) if replies else session.system_prompt
+    if system:
+        lines += ["", "## System", "", system]
+    for i, m in enumerate(session.messages):
+        if m.role == "user":  # a system prompt changed before the reply to this message
+            reply = next((r for r in session.messages[i + 1:i + 2] if r.role == "assistant"),
+                         None)
+            now = session.system_prompt_of(reply) if reply is not None else system
+            if now != system:
+                system = now
+                lines += ["", "## System (changed here)", "", now or "*(none)*"]
         heading = "You" if m.role == "user" else "Assistant"
         notes = [_when(m.time)]
         if m.adapter:

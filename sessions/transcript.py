@@ -41,6 +41,8 @@ class SessionMessage:
     adapter: str = ""
     cancelled: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
+    # The system prompt a reply was written under; None: the session's (as it is now).
+    system_prompt: str | None = None
 
 
 @dataclass
@@ -69,7 +71,7 @@ class Session:
     def add_reply(self, text: str, stats: dict[str, Any] | None = None, adapter: str = "",
                   cancelled: bool = False) -> SessionMessage:
         msg = SessionMessage("assistant", text, adapter=adapter, cancelled=cancelled,
-                             stats=dict(stats or {}))
+                             stats=dict(stats or {}), system_prompt=self.system_prompt)
         self.messages.append(msg)
         return msg
 
@@ -85,6 +87,10 @@ class Session:
                 continue
             out.append({"role": m.role, "content": m.content})
         return out
+
+    def system_prompt_of(self, message: SessionMessage) -> str:
+        """The system prompt ``message`` (a reply) was written under."""
+        return self.system_prompt if message.system_prompt is None else message.system_prompt
 
     @property
     def turns(self) -> int:
@@ -115,6 +121,8 @@ class Session:
             if m.role == "assistant":
                 entry["adapter"] = m.adapter
                 entry["cancelled"] = m.cancelled
+                if m.system_prompt is not None and m.system_prompt != self.system_prompt:
+                    entry["system_prompt"] = m.system_prompt
                 if m.stats:
                     entry["stats"] = {k: v for k, v in m.stats.items()
                                       if isinstance(v, _STAT_TYPES)}
@@ -124,7 +132,8 @@ class Session:
     def to_toml(self) -> str:
         """Long texts as readable multi-line strings, unless a text holds a carriage return
         (a TOML multi-line string would turn its CRLF into LF)."""
-        texts = [self.title, self.system_prompt, *(m.content for m in self.messages)]
+        texts = [self.title, self.system_prompt, *(m.content for m in self.messages),
+                 *(m.system_prompt or "" for m in self.messages)]
         readable = not any("\r" in t for t in texts)
         return tomli_w.dumps(self.to_toml_data(), multiline_strings=readable)
 
@@ -261,7 +270,7 @@ def _message(name: str, index: int, entry: Any, default_time: datetime,
         raise BadSession(f"session {name!r} cannot be read: {where}must be a [[messages]] "
                          f"table, not {_short(entry)}; the file was left unchanged")
     r = _Reader(name, entry, where, problems)
-    r.unknown({"role", "content", "time", "adapter", "cancelled", "stats"})
+    r.unknown({"role", "content", "time", "adapter", "cancelled", "stats", "system_prompt"})
     role = r.get("role", (str,), "user or assistant", None)
     if role not in ROLES:
         raise r.fail(f"role must be 'user' or 'assistant', not {_short(role)}")
@@ -278,4 +287,5 @@ def _message(name: str, index: int, entry: Any, default_time: datetime,
         adapter=r.text("adapter"),
         cancelled=bool(r.get("cancelled", (bool,), "true or false", False)),
         stats=stats,
+        system_prompt=r.text("system_prompt") if "system_prompt" in entry else None,
     )
