@@ -1,4 +1,5 @@
-"""engine/ and sessions/ never import a UI library (checked in a clean subprocess)."""
+"""engine/, sessions/ and models/ never import a UI library (checked in a clean subprocess),
+and nothing outside the engine imports its private names."""
 
 from __future__ import annotations
 
@@ -17,17 +18,47 @@ def _modules(package: str) -> list[str]:
     return [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(ROOT / package)])]
 
 
-@pytest.mark.parametrize("module", ["engine", "sessions", *_modules("engine"),
-                                    *_modules("sessions")])
-def test_module_imports_no_ui_library(module):
-    code = (
-        f"import sys, importlib; importlib.import_module({module!r}); "
-        f"print(','.join(m for m in {UI!r} if m in sys.modules))"
-    )
+PACKAGES = ("engine", "sessions", "models")
+
+_IMPORT_EACH = """
+import importlib, sys
+ui = {ui!r}
+for name in {modules!r}:
+    importlib.import_module(name)
+    pulled = [m for m in ui if m in sys.modules]
+    if pulled:
+        print(name, "pulls in", ",".join(pulled))
+        break
+"""
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_imports_no_ui_library(package):
+    """Every module of the package, one after the other in a clean interpreter: the first
+    one that pulls a UI library in is named."""
+    modules = [package, *_modules(package)]
+    code = _IMPORT_EACH.format(ui=UI, modules=modules)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "", f"{module} pulls in {proc.stdout.strip()}"
+    assert proc.stdout.strip() == ""
+
+
+def test_nothing_outside_the_engine_imports_its_private_names():
+    """sessions/, models/, bench/ and the faces use the engine's public API only."""
+    import ast
+
+    offenders = []
+    for folder in ("sessions", "models", "bench", "workbench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("engine"):
+                    parts = (node.module or "").split(".")
+                    private = [a.name for a in node.names if a.name.startswith("_")]
+                    if private or any(p.startswith("_") for p in parts):
+                        offenders.append(f"{path.relative_to(ROOT)}: {node.module} {private}")
+    assert offenders == []
 
 
 def test_engine_runs_a_turn_without_ui_libraries(demo_kit):
