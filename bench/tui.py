@@ -5,7 +5,9 @@ same prompt and settings, its events not displayed) with turns streamed through 
 itself (prompt box, worker, Markdown stream, meters), and measures how late a repeating
 10 ms timer on the app's event loop runs while the app streams. Decode rates vary from run
 to run on a shared machine, so the results are medians, and the ratio compares each app
-turn with the engine runs just before and after it. ``first_frame_s`` is measured
+turn with the engine runs just before and after it; ``ui_cpu_ms_per_frame`` is the UI
+thread's CPU time over a streamed turn divided by the frames the paced streamer painted.
+``first_frame_s`` is measured
 separately, in a fresh process under a pseudo-terminal: from starting ``python -m workbench``
 to the first frame's text arriving on the terminal.
 """
@@ -24,10 +26,9 @@ import sys
 import time
 from typing import Any
 
-from engine import SamplingParams, TurnDone
-from engine.engine import Engine
-from workbench.app import WorkbenchApp, make_args
+from engine import EngineAPI, SamplingParams, TurnDone
 from workbench.config import Config
+from workbench.tui.app import WorkbenchApp, make_args
 
 PROMPT = ("Write a long story about a lighthouse keeper who finds a message in a bottle, "
           "with a list of what the keeper does each day and a short poem at the end.")
@@ -71,7 +72,7 @@ class LagProbe:
         return 1000 * statistics.quantiles(self.lateness, n=100, method="inclusive")[98]
 
 
-async def _engine_alone(engine: Engine, params: SamplingParams) -> TurnDone:
+async def _engine_alone(engine: EngineAPI, params: SamplingParams) -> TurnDone:
     """The same turn with nobody displaying it: wait on the stream from another thread."""
     engine.reset()
     stream = engine.chat([{"role": "user", "content": PROMPT}], params, ignore_eos=True)
@@ -95,34 +96,39 @@ async def _app_turn(app: WorkbenchApp, timeout: float) -> tuple[dict[str, float]
     await app.action_new_chat()
     probe = LagProbe()
     probe.start()
+    cpu_before = time.thread_time()  # the UI thread's own CPU time (the app runs here)
     app.prompt.set_text(PROMPT)
     app.prompt.action_send()  # what Enter does
-    await _until(lambda: app.chat.last_assistant() is not None, "the reply to start", timeout)
-    turn = app.chat.last_assistant()
+    view = app.chat_view
+    await _until(lambda: view.last_assistant() is not None, "the reply to start", timeout)
+    turn = view.last_assistant()
     assert turn is not None
-    await _until(lambda: turn.done and not app.replying, "the reply to finish", timeout)
+    await _until(lambda: turn.done and not app.chat.replying, "the reply to finish", timeout)
+    turn_cpu = time.thread_time() - cpu_before
     await probe.stop()
     stats = turn.stats
     if stats is None:
-        raise BenchError(f"the app's turn failed: {app.status.state}")
+        raise BenchError(f"the app's turn failed: {app.status.text}")
     elapsed = turn.displayed_at - turn.first_text_at
     return {
         "tui_decode_tps": stats.generated_tokens / elapsed if elapsed > 0 else 0.0,
         "generated_tokens": float(stats.generated_tokens),
+        "ui_cpu_ms_per_frame": (1000 * turn_cpu / app.chat.streamer.frames
+                                if app.chat.streamer.frames else 0.0),
     }, probe
 
 
 async def _measure(model: str, gen_tokens: int, rounds: int, timeout: float) -> dict[str, float]:
     params = SamplingParams(temperature=0.0, seed=0, max_tokens=gen_tokens)
     app = WorkbenchApp(make_args(model=model), config=Config(), params=params)
-    app.ignore_eos = True
+    app.chat.ignore_eos = True
     engine_tps: list[float] = []
     shown: list[dict[str, float]] = []
     lateness: list[float] = []
     async with app.run_test(size=(120, 40)):
-        await _until(lambda: app.load_finished, "the model to load", timeout)
-        if not app.model_ready:
-            raise BenchError(f"the model did not load: {app.status.state}")
+        await _until(lambda: app.models.load_finished, "the model to load", timeout)
+        if not app.models.ready:
+            raise BenchError(f"the model did not load: {app.status.text}")
         # Warm up (first-call costs) with a short turn nobody measures.
         await _engine_alone(app.engine, params.with_values(max_tokens=min(32, gen_tokens)))
         # Alternate, so that drift in the machine's speed hits both sides alike:
@@ -139,6 +145,7 @@ async def _measure(model: str, gen_tokens: int, rounds: int, timeout: float) -> 
     pooled.lateness = lateness
     return {
         "engine_decode_tps": statistics.median(engine_tps),
+        "ui_cpu_ms_per_frame": statistics.median(s["ui_cpu_ms_per_frame"] for s in shown),
         "tui_decode_tps": statistics.median(s["tui_decode_tps"] for s in shown),
         "tui_to_engine_ratio": statistics.median(ratios),
         "ui_lag_p99_ms": pooled.p99_ms(),

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from engine import SamplingParams
 from themes import DARK, LIGHT
-from workbench.app import WorkbenchApp, make_args
 from workbench.config import Config
 from workbench.runtime import demo_model_path
+from workbench.tui.app import WorkbenchApp, make_args
 
 SIZE = (132, 42)
 PROMPT = "Explain Python list comprehensions with a short example."
@@ -46,13 +46,14 @@ async def shoot(model: str, theme: str, out: Path, dialogs: bool) -> list[Path]:
         saved.append(path)
 
     async with app.run_test(size=SIZE) as pilot:
-        await _until(lambda: app.load_finished, "the model to load")
-        if not app.model_ready:
-            raise SystemExit(f"make_screenshots: the model did not load: {app.status.state}")
+        await _until(lambda: app.models.load_finished, "the model to load")
+        if not app.models.ready:
+            raise SystemExit(f"make_screenshots: the model did not load: {app.status.text}")
         await pilot.press(*PROMPT)
         await pilot.press("enter")
-        await _until(lambda: app.chat.last_assistant() is not None
-                     and app.chat.last_assistant().done and not app.replying,  # type: ignore[union-attr]
+        view = app.chat_view
+        await _until(lambda: view.last_assistant() is not None
+                     and view.last_assistant().done and not app.chat.replying,  # type: ignore[union-attr]
                      "the reply")
         app.prompt.cursor_blink = False
         await pilot.pause(0.5)  # let the meters repaint once more

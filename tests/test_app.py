@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 from collections.abc import Callable
 
+from rich.console import Console
 from textual.pilot import Pilot
 from textual.widgets import Digits, Input, Static
+from textual.widgets.markdown import MarkdownBlock
 
-from workbench.app import WorkbenchApp, make_args
 from workbench.config import Config, load_config, save_config
-from workbench.screens import HelpScreen, SettingsScreen
-from workbench.widgets import AssistantTurn, Gauge, UserTurn
-from workbench.widgets.chat import visible
-from workbench.widgets.pacer import FASTEST_S, SLOWEST_S, FramePacer
+from workbench.tui.app import WorkbenchApp, make_args
+from workbench.tui.commands import commands
+from workbench.tui.screens.help import HelpScreen
+from workbench.tui.screens.settings import SettingsScreen
+from workbench.tui.widgets import AssistantTurn, Gauge, UserTurn
+from workbench.tui.widgets.chat import visible
+from workbench.tui.widgets.pacer import FASTEST_S, SLOWEST_S, FramePacer
 
 SIZE = (120, 40)
 
@@ -23,6 +28,20 @@ def make_app(demo_kit, *, max_tokens: int = 24, **overrides) -> WorkbenchApp:
     args = make_args(model=str(demo_kit.llama), temperature=0.0, seed=0,
                      max_tokens=max_tokens, **overrides)
     return WorkbenchApp(args)
+
+
+def said(app: WorkbenchApp) -> list[tuple[str, str]]:
+    """The conversation as (role, text) pairs: what the engine is sent and a save writes."""
+    return [(m.role, m.content) for m in app.chat.conversation.messages]
+
+
+def roles(app: WorkbenchApp) -> list[str]:
+    return [role for role, _ in said(app)]
+
+
+def status_text(app: WorkbenchApp) -> str:
+    """What the status line shows."""
+    return str(app.status_line.query_one("#status-state", Static).render())
 
 
 async def until(pilot: Pilot, condition: Callable[[], bool], what: str,
@@ -49,15 +68,15 @@ async def start_sending(pilot: Pilot, text: str) -> None:
     assert isinstance(app, WorkbenchApp)
     await pilot.press(*text)
     app.prompt.action_send()
-    await until(pilot, lambda: app.chat.last_assistant() is not None, "the reply turn")
+    await until(pilot, lambda: app.chat_view.last_assistant() is not None, "the reply turn")
 
 
 def turns(app: WorkbenchApp) -> list[UserTurn | AssistantTurn]:
-    return app.chat.turns()
+    return app.chat_view.turns()
 
 
 def last_reply(app: WorkbenchApp) -> AssistantTurn:
-    turn = app.chat.last_assistant()
+    turn = app.chat_view.last_assistant()
     assert turn is not None
     return turn
 
@@ -67,16 +86,16 @@ def stats_line(turn: AssistantTurn) -> str:
 
 
 async def reply_done(pilot: Pilot, app: WorkbenchApp) -> AssistantTurn:
-    await until(pilot, lambda: app.chat.last_assistant() is not None
-                and last_reply(app).done and not app.replying, "the reply to finish")
+    await until(pilot, lambda: app.chat_view.last_assistant() is not None
+                and last_reply(app).done and not app.chat.replying, "the reply to finish")
     return last_reply(app)
 
 
 async def test_reply_streams_into_the_chat(demo_kit) -> None:
     app = make_app(demo_kit, max_tokens=160)
-    app.ignore_eos = True
+    app.chat.ignore_eos = True
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         await start_sending(pilot, "Tell me about lists")
         assert [type(t) for t in turns(app)] == [UserTurn, AssistantTurn]
         assert turns(app)[0].text == "Tell me about lists"
@@ -88,8 +107,8 @@ async def test_reply_streams_into_the_chat(demo_kit) -> None:
         turn = await reply_done(pilot, app)
         assert len(turn.markdown.source) > len(partial)
         assert turn.markdown.source == visible(turn.text)
-        assert turn.text == app.messages[-1]["content"]
-        assert [m["role"] for m in app.messages] == ["user", "assistant"]
+        assert said(app)[-1] == ("assistant", turn.text)
+        assert roles(app) == ["user", "assistant"]
         line = stats_line(turn)
         assert "160 tokens" in line and "tok/s" in line and "first token" in line
         assert "stopped at max tokens" in line
@@ -98,9 +117,9 @@ async def test_reply_streams_into_the_chat(demo_kit) -> None:
 
 async def test_throughput_and_memory_panes_change_during_and_after_a_reply(demo_kit) -> None:
     app = make_app(demo_kit, max_tokens=200)
-    app.ignore_eos = True
+    app.chat.ignore_eos = True
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         rate = app.sidebar.throughput.query_one("#decode-rate", Digits)
         kv = app.sidebar.memory.query_one("#mem-kv", Gauge)
         context = app.sidebar.model.query_one("#context-gauge", Gauge)
@@ -128,9 +147,9 @@ async def test_throughput_and_memory_panes_change_during_and_after_a_reply(demo_
 
 async def test_escape_stops_a_reply_and_the_next_message_works(demo_kit) -> None:
     app = make_app(demo_kit, max_tokens=3000)
-    app.ignore_eos = True
+    app.chat.ignore_eos = True
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         await start_sending(pilot, "write a long story")
         turn = last_reply(app)
         await until(pilot, lambda: len(turn.text) > 20, "some reply text")
@@ -138,38 +157,39 @@ async def test_escape_stops_a_reply_and_the_next_message_works(demo_kit) -> None
         turn = await reply_done(pilot, app)
         assert "cancelled" in stats_line(turn)
         assert turn.has_class("-cancelled")
-        assert app.messages[-1] == {"role": "assistant", "content": turn.text}
+        assert said(app)[-1] == ("assistant", turn.text)
         # The next message gets a complete reply.
-        app.params = app.params.with_values(max_tokens=16)
+        conversation = app.chat.conversation
+        conversation.params = conversation.params.with_values(max_tokens=16)
         await send(pilot, "and now a short one")
         second = await reply_done(pilot, app)
         assert second is not turn
         assert "16 tokens" in stats_line(second) and "cancelled" not in stats_line(second)
-        assert [m["role"] for m in app.messages] == ["user", "assistant"] * 2
+        assert roles(app) == ["user", "assistant"] * 2
 
 
 async def test_escape_during_prefill_gives_the_message_back(demo_kit) -> None:
     app = make_app(demo_kit)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         # Hold the engine thread so that the reply cannot begin before Esc.
         release = threading.Event()
         app.engine.submit(lambda _core, _emit, _cancel: release.wait(30))
         await send(pilot, "never mind")
         await pilot.press("escape")
         release.set()
-        await until(pilot, lambda: not app.replying, "the cancelled turn to end")
+        await until(pilot, lambda: not app.chat.replying, "the cancelled turn to end")
         await pilot.pause(0.1)
         assert turns(app) == []
-        assert app.messages == []
+        assert said(app) == []
         assert app.prompt.text == "never mind"
-        assert "back in the prompt box" in app.status.state
+        assert "back in the prompt box" in status_text(app)
 
 
 async def test_regenerate_replaces_the_last_reply(demo_kit) -> None:
     app = make_app(demo_kit)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         await send(pilot, "hi")
         first = await reply_done(pilot, app)
         first_text = first.text
@@ -177,16 +197,16 @@ async def test_regenerate_replaces_the_last_reply(demo_kit) -> None:
         await until(pilot, lambda: last_reply(app) is not first, "a new reply turn")
         second = await reply_done(pilot, app)
         assert [type(t) for t in turns(app)] == [UserTurn, AssistantTurn]
-        assert [m["role"] for m in app.messages] == ["user", "assistant"]
+        assert roles(app) == ["user", "assistant"]
         # Greedy sampling: the same prompt gives the same reply, from the cached prefix.
-        assert second.text == first_text == app.messages[-1]["content"]
+        assert (second.text, second.text) == (first_text, said(app)[-1][1])
         assert "prompt tokens from cache" in stats_line(second)
 
 
 async def test_edit_copy_history_and_new_chat(demo_kit) -> None:
     app = make_app(demo_kit)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         await send(pilot, "first try")
         reply = await reply_done(pilot, app)
         await pilot.press("ctrl+o")
@@ -195,10 +215,10 @@ async def test_edit_copy_history_and_new_chat(demo_kit) -> None:
         await pilot.press("ctrl+l")
         await pilot.pause()
         assert app.prompt.text == "first try"
-        assert app.messages == [] and turns(app) == []
+        assert said(app) == [] and turns(app) == []
         await pilot.press("backspace", *"ay", "enter")
         await reply_done(pilot, app)
-        assert app.messages[0] == {"role": "user", "content": "first tray"}
+        assert said(app)[0] == ("user", "first tray")
         # Up in the empty box recalls sent messages, newest first.
         await pilot.press("up")
         assert app.prompt.text == "first tray"
@@ -208,17 +228,17 @@ async def test_edit_copy_history_and_new_chat(demo_kit) -> None:
         assert app.prompt.text == ""
         # Ctrl+J inserts a newline instead of sending.
         await pilot.press(*"two", "ctrl+j", *"lines")
-        assert app.prompt.text == "two\nlines" and len(app.messages) == 2
+        assert app.prompt.text == "two\nlines" and len(said(app)) == 2
         await pilot.press("ctrl+n")
         await pilot.pause()
-        assert app.messages == [] and turns(app) == []
+        assert said(app) == [] and turns(app) == []
         assert app.prompt.text == "two\nlines"  # a new chat keeps what is being typed
 
 
 async def test_a_bad_sampling_value_is_refused_with_a_message(demo_kit) -> None:
     app = make_app(demo_kit)
     async with app.run_test(size=SIZE) as pilot:
-        before = app.params
+        before = app.chat.conversation.params
         await pilot.press("f2")
         await until(pilot, lambda: isinstance(app.screen, SettingsScreen), "the settings")
         screen = app.screen
@@ -232,14 +252,15 @@ async def test_a_bad_sampling_value_is_refused_with_a_message(demo_kit) -> None:
         assert app.screen is screen, "a bad value must not close the settings"
         assert "Not applied: temperature" in str(
             screen.query_one("#settings-error", Static).render())
-        assert app.params == before
+        assert app.chat.conversation.params == before
         # Fix it, add a system prompt, and apply.
         field.value = "0.5"
         screen.query_one("#system-prompt").load_text("Be brief.")  # type: ignore[attr-defined]
         await pilot.press("ctrl+s")
         await until(pilot, lambda: not isinstance(app.screen, SettingsScreen), "the close")
-        assert app.params == before.with_values(temperature=0.5)
-        assert app.conversation() == [{"role": "system", "content": "Be brief."}]
+        assert app.chat.conversation.params == before.with_values(temperature=0.5)
+        assert app.chat.conversation.engine_messages() == [
+            {"role": "system", "content": "Be brief."}]
 
 
 async def test_a_preset_fills_the_fields_and_save_as_default_writes_the_config(demo_kit) -> None:
@@ -254,8 +275,9 @@ async def test_a_preset_fills_the_fields_and_save_as_default_writes_the_config(d
         assert screen.query_one("#field-min_p", Input).value == "0.05"
         await pilot.click("#save-default")
         await until(pilot, lambda: not isinstance(app.screen, SettingsScreen), "the close")
-        assert app.params.temperature == 1.0 and app.params.min_p == 0.05
-        assert app.params.max_tokens == 24  # a preset leaves the reply length alone
+        params = app.chat.conversation.params
+        assert params.temperature == 1.0 and params.min_p == 0.05
+        assert params.max_tokens == 24  # a preset leaves the reply length alone
     saved = load_config()
     assert saved.sampling.temperature == 1.0 and saved.sampling.max_tokens == 24
 
@@ -268,11 +290,11 @@ async def test_sending_during_the_load_waits_with_a_note(demo_kit) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "are you there")
         turn = last_reply(app)
-        assert not app.model_ready
+        assert not app.models.ready
         assert "waiting for the model to finish loading" in stats_line(turn)
         release.set()
         turn = await reply_done(pilot, app)
-        assert app.model_ready and "tokens" in stats_line(turn)
+        assert app.models.ready and "tokens" in stats_line(turn)
 
 
 async def test_a_missing_model_says_so_and_keeps_the_message(demo_kit, tmp_path) -> None:
@@ -283,17 +305,17 @@ async def test_a_missing_model_says_so_and_keeps_the_message(demo_kit, tmp_path)
             banner.render()), "the load error")
         assert "no such folder" in str(banner.render())
         await send(pilot, "hello?")
-        await until(pilot, lambda: not app.replying, "the refusal")
+        await until(pilot, lambda: not app.chat.replying, "the refusal")
         await pilot.pause(0.1)
-        assert app.messages == [] and turns(app) == []
+        assert said(app) == [] and turns(app) == []
         assert app.prompt.text == "hello?"
-        assert "Not sent: no model is loaded" in app.status.state
+        assert "Not sent: no model is loaded" in status_text(app)
 
 
 async def test_demo_model_is_labelled(demo_kit) -> None:
     app = make_app(demo_kit)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         banner = str(app.query_one("#banner", Static).render())
         assert "DEMO model: random weights" in banner and "--model" in banner
 
@@ -302,7 +324,7 @@ async def test_keys_are_remapped_from_the_config_and_listed_in_help(demo_kit) ->
     save_config(Config(keys={"regenerate": "ctrl+g", "no-such-action": "f9"}))
     app = make_app(demo_kit)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         assert any("no-such-action" in n.message for n in app._notifications)
         await send(pilot, "hi")
         first = await reply_done(pilot, app)
@@ -314,7 +336,13 @@ async def test_keys_are_remapped_from_the_config_and_listed_in_help(demo_kit) ->
         table = app.screen.query_one("#help-table", Static)
         rows = [r.keys for r in app.screen.rows]  # type: ignore[attr-defined]
         assert "^g" in rows and "^r" not in rows
-        assert table.render() is not None
+        # What the help screen shows: the remapped key beside what it does, and its id.
+        console = Console(width=120, record=True, file=io.StringIO())
+        console.print(table.content)
+        shown = console.export_text()
+        regenerate = next(line for line in shown.splitlines() if "regenerate" in line)
+        assert "^g" in regenerate and "Generate the last reply again" in regenerate
+        assert "^r" not in shown
         await pilot.press("escape")
         assert not isinstance(app.screen, HelpScreen)
 
@@ -335,7 +363,8 @@ async def test_theme_choice_is_remembered_and_a_bad_theme_is_reported(demo_kit) 
 async def test_command_palette_lists_the_actions(demo_kit) -> None:
     app = make_app(demo_kit)
     async with app.run_test(size=SIZE):
-        titles = [c.title for c in app.get_system_commands(app.screen)]
+        titles = [c.title for c in commands(app)]
+        titles += [c.title for c in app.get_system_commands(app.screen)]  # Textual's own
         for title in ("Regenerate the last reply", "Stop the reply", "New conversation",
                       "Copy the last reply", "Edit and resend the last message",
                       "Settings: system prompt and sampling", "Help: keys", "Theme"):
@@ -344,9 +373,9 @@ async def test_command_palette_lists_the_actions(demo_kit) -> None:
 
 async def test_ctrl_q_quits_cleanly_and_closes_the_engine(demo_kit) -> None:
     app = make_app(demo_kit, max_tokens=3000)
-    app.ignore_eos = True
+    app.chat.ignore_eos = True
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         await start_sending(pilot, "keep going")
         await until(pilot, lambda: bool(last_reply(app).text), "reply text")
         await pilot.press("ctrl+q")
@@ -357,16 +386,19 @@ async def test_ctrl_q_quits_cleanly_and_closes_the_engine(demo_kit) -> None:
 async def test_control_characters_in_a_reply_cannot_reach_the_terminal(demo_kit) -> None:
     app = make_app(demo_kit)
     async with app.run_test(size=SIZE) as pilot:
-        await app.chat.add_user("paste\x07")
-        turn = await app.chat.add_assistant("llama")
+        await app.chat_view.add_user("paste\x07")
+        turn = await app.chat_view.add_assistant("llama")
         turn.write("plain \x1b[2J\x1b]0;title\x07 text\tand\nlines\x7f")
         await turn.finish()
         await pilot.pause()
         source = turn.markdown.source
         assert "\x1b" not in source and "\x07" not in source and "\x7f" not in source
         assert "␛[2J" in source and "\tand\nlines␡" in source
-        assert str(turn.query_one(".reply").render()) is not None
-        assert "\x07" not in str(app.chat.turns()[0].render())
+        # What the reply's blocks show on screen: the pictures, never the raw characters.
+        shown = "".join(str(block.visual) for block in turn.markdown.query(MarkdownBlock))
+        assert "␛[2J" in shown and "\x1b" not in shown and "\x07" not in shown
+        user = str(app.chat_view.turns()[0].render())
+        assert "paste␇" in user and "\x07" not in user
 
 
 def test_frame_pacer_backs_off_when_the_ui_is_busy_and_recovers() -> None:

@@ -11,15 +11,16 @@ import json
 import shutil
 from pathlib import Path
 
-from test_app import SIZE, last_reply, make_app, reply_done, send, until
+from test_app import SIZE, last_reply, make_app, reply_done, roles, said, send, until
 from textual.pilot import Pilot
 from textual.widgets import Button, Select, Static
 
-from workbench.app import WorkbenchApp
 from workbench.config import Config, save_config
-from workbench.screens.adapter_details import AdapterDetailsScreen
-from workbench.screens.compare import CompareScreen
-from workbench.widgets import AssistantTurn
+from workbench.tui.app import WorkbenchApp
+from workbench.tui.commands import commands
+from workbench.tui.screens.adapter_details import AdapterDetailsScreen
+from workbench.tui.screens.compare import CompareScreen
+from workbench.tui.widgets import AssistantTurn
 
 FULL_MODEL_REASON = "is a full model, not an adapter"
 
@@ -41,23 +42,23 @@ def adapter_app(demo_kit, **overrides) -> WorkbenchApp:
 
 async def adapters_listed(pilot: Pilot, app: WorkbenchApp) -> list[str]:
     """Wait for the model and the list; return the pane's rows as shown (one per option)."""
-    await until(pilot, lambda: app.model_ready and bool(app.adapter_infos), "the adapters")
+    await until(pilot, lambda: app.models.ready and bool(app.adapters.infos), "the adapters")
     await pilot.pause(0.05)
-    options = app.adapters_pane.option_list
+    options = app.adapters.pane.option_list
     return [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
 
 
 async def activate_row(pilot: Pilot, app: WorkbenchApp, index: int) -> None:
     """Go to the Adapters pane (F4), move to row ``index`` and press Enter."""
     await pilot.press("f4")
-    options = app.adapters_pane.option_list
+    options = app.adapters.pane.option_list
     assert app.focused is options
     await pilot.press("home", *["down"] * index, "enter")
 
 
 def active_mark(app: WorkbenchApp) -> list[str]:
     """The rows marked active in the pane (their first line)."""
-    options = app.adapters_pane.option_list
+    options = app.adapters.pane.option_list
     rows = [str(options.get_option_at_index(i).prompt).split("\n")[0]
             for i in range(options.option_count)]
     return [r for r in rows if r.startswith("●")]
@@ -106,11 +107,11 @@ async def test_pane_lists_adapters_and_enter_changes_the_next_replys_adapter(
         assert f"{turn.stats.reprefill_tokens} tok" in swap
 
         # "No adapter" from the command palette: back to the base model.
-        titles = {c.title: c for c in app.get_system_commands(app.screen)}
+        titles = {c.title: c for c in commands(app)}
         for title in ("Use adapter: tone-a", "Use adapter: tone-b", "Use adapter: tone-d",
                       "No adapter", "Compare adapters on the last message"):
             assert title in titles
-        titles["No adapter"].callback()
+        titles["No adapter"].run()
         await until(pilot, lambda: app.engine.adapter is not None
                     and app.engine.adapter.name is None, "the swap back")
         await send(pilot, "and plain?")
@@ -142,7 +143,7 @@ async def test_an_invalid_adapter_is_listed_with_its_reason_and_refused(demo_kit
         await pilot.click("#prompt")
         await pilot.press("enter")
         turn = await reply_done(pilot, app)
-        assert app.messages[0] == {"role": "user", "content": "half-written"}
+        assert said(app)[0] == ("user", "half-written")
         assert turn.stats is not None and turn.stats.adapter == "tone-a"
 
 
@@ -151,7 +152,7 @@ async def test_details_view_and_scale_control(demo_kit) -> None:
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await adapters_listed(pilot, app)
         # With no adapter active the scale control is off.
-        scale = app.adapters_pane.scale_control
+        scale = app.adapters.pane.scale_control
         assert "no adapter" in str(scale.render()) and not scale.enabled
         # d on tone-d shows its config; "Use this adapter" activates it.
         await pilot.press("f4", "home", "down", "down", "down", "d")
@@ -215,14 +216,14 @@ async def test_compare_shows_two_replies_and_keeps_the_chosen_one(demo_kit) -> N
         # Greedy: the base model's answer is the reply the conversation already has.
         assert left.text == original_text
         assert right.text and right.text != left.text
-        assert app.messages[-1]["content"] == original_text  # nothing changes until kept
+        assert said(app)[-1] == ("assistant", original_text)  # nothing changes until kept
 
         await pilot.click("#keep-b")
         await until(pilot, lambda: not isinstance(app.screen, CompareScreen), "the close")
         await until(pilot, lambda: app.engine.adapter is not None
                     and app.engine.adapter.name == "tone-a", "tone-a active")
-        assert app.messages[-1] == {"role": "assistant", "content": right.text}
-        assert [m["role"] for m in app.messages] == ["user", "assistant"]
+        assert said(app)[-1] == ("assistant", right.text)
+        assert roles(app) == ["user", "assistant"]
         kept = last_reply(app)
         assert kept.text == right.text and kept.markdown.source == right.text
         assert kept.border_subtitle == "tone-a ×1"
@@ -260,5 +261,5 @@ async def test_closing_compare_keeps_the_reply_and_the_adapter(demo_kit) -> None
         # The reply and the adapter it was written under stay.
         await until(pilot, lambda: app.engine.adapter is not None
                     and app.engine.adapter.name == "tone-b", "tone-b back")
-        assert app.messages[-1]["content"] == original.text
-        assert last_reply(app) is original and not app.replying
+        assert said(app)[-1] == ("assistant", original.text)
+        assert last_reply(app) is original and not app.chat.replying

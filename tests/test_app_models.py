@@ -11,16 +11,16 @@ from pathlib import Path
 
 import pytest
 from hub_server import DEMO_REPO, demo_hub, go_online, place_in_hf_cache
-from test_app import SIZE, reply_done, send, turns, until
+from test_app import SIZE, reply_done, roles, send, status_text, turns, until
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, OptionList, Static
 
 import models.hub
 from workbench import recent, runtime
-from workbench.app import WorkbenchApp, make_args
 from workbench.config import Config, load_config, save_config
-from workbench.screens.models import JobPanel, ModelsScreen
-from workbench.screens.welcome import WelcomeScreen
+from workbench.tui.app import WorkbenchApp, make_args
+from workbench.tui.screens.models import JobPanel, ModelsScreen
+from workbench.tui.screens.welcome import WelcomeScreen
 
 WEIGHTS = "model.safetensors"
 
@@ -93,8 +93,8 @@ async def test_first_run_offline_shows_the_welcome_screen_over_the_demo(
         assert not screen.query_one("#welcome-download-section").display
         assert screen.query_one("#welcome-demo", Button).display
         # The demo model loads underneath, labelled as such.
-        await until(pilot, lambda: app.model_ready, "the demo model to load")
-        assert app.model_info is not None and app.model_info.is_demo
+        await until(pilot, lambda: app.models.ready, "the demo model to load")
+        assert app.models.info is not None and app.models.info.is_demo
         assert "DEMO model" in text_of(app.query_one("#banner", Static))
         # The cached models are offered.
         options = screen.query_one("#welcome-cached", OptionList)
@@ -109,15 +109,15 @@ async def test_first_run_offline_shows_the_welcome_screen_over_the_demo(
         options.focus()
         options.highlighted = 0
         await pilot.press("enter")
-        await until(pilot, lambda: app.model_info is not None
-                    and app.model_info.name == "demo/qwen3-4bit", "the cached model")
+        await until(pilot, lambda: app.models.info is not None
+                    and app.models.info.name == "demo/qwen3-4bit", "the cached model")
         assert not isinstance(app.screen, WelcomeScreen)
     assert load_config().model == "demo/qwen3-4bit"
     assert recent.recent_specs()[0] == "demo/qwen3-4bit"
     # Configured now: no welcome screen the next time.
     app = first_run_app()
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the configured model")
+        await until(pilot, lambda: app.models.ready, "the configured model")
         assert not isinstance(app.screen, WelcomeScreen)
 
 
@@ -136,8 +136,8 @@ async def test_first_run_online_downloads_the_recommended_model(
             assert "Online" in text_of(screen.query_one("#welcome-network", Static))
             assert DEMO_REPO in str(button.label)
             await pilot.click("#welcome-download")
-            await until(pilot, lambda: app.model_info is not None
-                        and app.model_info.name == DEMO_REPO, "the download and load")
+            await until(pilot, lambda: app.models.info is not None
+                        and app.models.info.name == DEMO_REPO, "the download and load")
             assert not isinstance(app.screen, WelcomeScreen)
     assert (hf_cache / "models--demo--tiny-llama" / "snapshots").is_dir()
     assert load_config().model == DEMO_REPO
@@ -148,7 +148,7 @@ async def test_models_screen_lists_the_cache_and_the_folders_recent_first(
     recent.add_model_folder(demo_kit.qwen3)
     app = llama_app(demo_kit)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         screen = await models_screen(pilot, app)
         # The loaded model was remembered: it comes first, marked.
         assert listed(screen) == ["llama", "demo/qwen3-4bit", "qwen3"]
@@ -164,7 +164,7 @@ async def test_models_screen_lists_the_cache_and_the_folders_recent_first(
         # Filter by text (typed into the filter, not taken as a key: 4 is "quantize").
         await pilot.press("slash", *"4bit")
         assert listed(screen) == ["demo/qwen3-4bit"]
-        assert app.jobs.get("quantize") is None
+        assert app.models.jobs.jobs.get("quantize") is None
         await pilot.press("ctrl+u", *"qwen")
         assert listed(screen) == ["demo/qwen3-4bit", "qwen3"]
         await pilot.press("escape")
@@ -175,19 +175,19 @@ async def test_switching_the_model_keeps_the_conversation(demo_kit, hf_cache) ->
     recent.add_model_folder(demo_kit.qwen3)
     app = llama_app(demo_kit)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         await send(pilot, "hello llama")
         await reply_done(pilot, app)
-        old = app.model_info
+        old = app.models.info
         assert old is not None
         screen = await models_screen(pilot, app)
         await highlight(pilot, screen, "qwen3")
         await pilot.press("enter")
-        await until(pilot, lambda: app.model_info is not None
-                    and app.model_info.name == "qwen3", "the switch")
-        new = app.model_info
+        await until(pilot, lambda: app.models.info is not None
+                    and app.models.info.name == "qwen3", "the switch")
+        new = app.models.info
         assert new is not None and not isinstance(app.screen, ModelsScreen)
-        assert [m["role"] for m in app.messages] == ["user", "assistant"]
+        assert roles(app) == ["user", "assistant"]
         assert len(turns(app)) == 2
         # The memory pane shows the new model's weights, and the old ones given back.
         memory = app.sidebar.memory
@@ -200,7 +200,7 @@ async def test_switching_the_model_keeps_the_conversation(demo_kit, hf_cache) ->
         reply = await reply_done(pilot, app)
         assert reply.stats is not None and reply.stats.reused_tokens == 0
         assert reply.stats.prompt_tokens > 10
-        assert [m["role"] for m in app.messages] == ["user", "assistant"] * 2
+        assert roles(app) == ["user", "assistant"] * 2
         assert turns(app)[0].text == "hello llama"
     assert recent.recent_specs()[0] == str(demo_kit.qwen3.resolve())
 
@@ -215,7 +215,7 @@ async def test_a_download_shows_progress_can_be_cancelled_and_resumes(
         hold = hub.hold(WEIGHTS, after=3 << 20)
         app = llama_app(demo_kit)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.model_ready, "the model to load")
+            await until(pilot, lambda: app.models.ready, "the model to load")
             screen = await models_screen(pilot, app)
             assert DEMO_REPO not in listed(screen)
             repo = screen.query_one("#models-repo", Input)
@@ -235,17 +235,18 @@ async def test_a_download_shows_progress_can_be_cancelled_and_resumes(
             assert f"{DEMO_REPO}: " in line and " MB of " in line and "/s" in line
             assert "left" in line
             assert panel.bar.total is not None and panel.bar.progress < panel.bar.total
-            assert " MB of " in app.status.state
+            assert " MB of " in status_text(app)
             await pilot.press("ctrl+z")
             hold.release.set()
-            await until(pilot, lambda: not app.jobs["download"].running, "the cancel")
-            assert app.jobs["download"].state == "cancelled"
+            await until(pilot, lambda: not app.models.jobs.jobs["download"].running, "the cancel")
+            assert app.models.jobs.jobs["download"].state == "cancelled"
             await until(pilot, lambda: "kept" in panel.text, "the cancelled line")
             assert DEMO_REPO not in listed(screen)
             # Again: it continues where it stopped, and the model appears in the list.
             repo.focus()
             await pilot.press("enter")
-            await until(pilot, lambda: app.jobs["download"].state == "done", "the download")
+            await until(pilot, lambda: app.models.jobs.jobs["download"].state == "done",
+                        "the download")
             await until(pilot, lambda: DEMO_REPO in listed(screen), "the new model listed")
             assert screen.highlighted is not None and screen.highlighted.name == DEMO_REPO
             assert "downloaded" in panel.text
@@ -257,7 +258,7 @@ async def test_quantize_from_the_screen_adds_the_new_folder_to_the_list(
         demo_kit, hf_cache) -> None:
     app = llama_app(demo_kit)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         screen = await models_screen(pilot, app)
         # An already quantized model is refused with one line.
         await highlight(pilot, screen, "demo/qwen3-4bit")
@@ -266,8 +267,9 @@ async def test_quantize_from_the_screen_adds_the_new_folder_to_the_list(
         await highlight(pilot, screen, "llama")
         await pilot.press("4")
         panel = screen.query_one("#models-quantize-job", JobPanel)
-        await until(pilot, lambda: app.jobs["quantize"].state != "running", "the quantize")
-        job = app.jobs["quantize"]
+        await until(pilot, lambda: app.models.jobs.jobs["quantize"].state != "running",
+                    "the quantize")
+        job = app.models.jobs.jobs["quantize"]
         assert job.state == "done", job.message
         assert job.result is not None and Path(job.result).name == "llama-4bit"
         await until(pilot, lambda: "llama-4bit" in listed(screen), "the new folder listed")
@@ -277,6 +279,6 @@ async def test_quantize_from_the_screen_adds_the_new_folder_to_the_list(
         await until(pilot, lambda: "written" in panel.text, "the panel's last line")
         # And it loads.
         await pilot.press("enter")
-        await until(pilot, lambda: app.model_info is not None
-                    and app.model_info.name == "llama-4bit", "the quantized model")
+        await until(pilot, lambda: app.models.info is not None
+                    and app.models.info.name == "llama-4bit", "the quantized model")
     assert str(job.result) in recent.load().folders

@@ -10,13 +10,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_app import SIZE, reply_done, send, stats_line, turns, until
+from test_app import SIZE, reply_done, said, send, stats_line, turns, until
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
 from sessions import SessionInUse, SessionStore
-from workbench.app import WorkbenchApp, make_args
-from workbench.screens.sessions import ConfirmScreen, SessionsScreen
+from workbench.tui.app import WorkbenchApp, make_args
+from workbench.tui.screens.sessions import ConfirmScreen, SessionsScreen
 
 
 def start_app(demo_kit, folder: Path, *, model: bool = True, **overrides) -> WorkbenchApp:
@@ -27,11 +27,11 @@ def start_app(demo_kit, folder: Path, *, model: bool = True, **overrides) -> Wor
 
 
 def session_status(app: WorkbenchApp) -> str:
-    return str(app.status.query_one("#status-session", Static).render())
+    return str(app.status_line.query_one("#status-session", Static).render())
 
 
 async def saved(pilot: Pilot, app: WorkbenchApp) -> None:
-    await until(pilot, lambda: app.session_saved, "the autosave")
+    await until(pilot, lambda: app.sessions.saved, "the autosave")
 
 
 def read(folder: Path, name: str):
@@ -82,7 +82,7 @@ async def test_session_flag_autosaves_and_a_fresh_app_resumes_it_from_the_cache(
     folder, resumed = tmp_path / "sessions", tmp_path / "resumed"
     app = start_app(demo_kit, folder, session="work")
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         assert session_status(app) == "session: work · not saved yet"
         await send(pilot, "hello there")
         first = (await reply_done(pilot, app)).text
@@ -115,12 +115,12 @@ async def test_session_flag_autosaves_and_a_fresh_app_resumes_it_from_the_cache(
         await until(pilot, lambda: [t.text for t in turns(app)] == shown
                     and all(getattr(t, "done", True) for t in turns(app)),
                     "the saved conversation")
-        await until(pilot, lambda: app.last_resume is not None, "the resume")
-        report = app.last_resume
+        await until(pilot, lambda: app.sessions.last_resume is not None, "the resume")
+        report = app.sessions.last_resume
         assert report is not None and report.reused and report.prefilled_tokens == 0
         assert report.cached_tokens > 0
-        assert app.model_info is not None
-        assert Path(app.model_info.path) == demo_kit.llama.resolve()
+        assert app.models.info is not None
+        assert Path(app.models.info.path) == demo_kit.llama.resolve()
         await send(pilot, "a third one")
         third = await reply_done(pilot, app)
         stats = third.stats
@@ -144,7 +144,7 @@ async def test_without_session_flag_each_conversation_is_saved_under_a_new_name(
     async def one_conversation(expected: str) -> None:
         app = start_app(demo_kit, folder)
         async with app.run_test(size=SIZE) as pilot:
-            await until(pilot, lambda: app.model_ready, "the model to load")
+            await until(pilot, lambda: app.models.ready, "the model to load")
             assert session_status(app) == ""
             await send(pilot, f"this goes to {expected}")
             await reply_done(pilot, app)
@@ -170,7 +170,7 @@ async def test_sessions_screen_lists_filters_renames_deletes_and_opens(demo_kit,
     (folder / "broken.toml").write_text("schema = 1\nmessages = 3\n")
     app = start_app(demo_kit, folder)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         screen = await sessions_screen(pilot, app)
         assert sorted(names(screen)) == ["alpha", "beta", "broken", "gamma"]
         text = table_text(screen)
@@ -228,9 +228,9 @@ async def test_sessions_screen_lists_filters_renames_deletes_and_opens(demo_kit,
         shown = ["about lists: question 0", "answer 0", "about lists: question 1", "answer 1"]
         await until(pilot, lambda: [t.text for t in turns(app)] == shown, "alpha's turns")
         assert session_status(app).startswith("session: alpha · saved")
-        await until(pilot, lambda: app.last_resume is not None, "the resume")
-        assert app.last_resume is not None and not app.last_resume.reused
-        assert "missing" in app.last_resume.reason
+        await until(pilot, lambda: app.sessions.last_resume is not None, "the resume")
+        assert app.sessions.last_resume is not None and not app.sessions.last_resume.reused
+        assert "missing" in app.sessions.last_resume.reason
         # The next reply continues alpha, and is saved into it.
         await send(pilot, "one more")
         await reply_done(pilot, app)
@@ -242,7 +242,7 @@ async def test_new_session_and_markdown_export(demo_kit, tmp_path) -> None:
     folder = tmp_path / "sessions"
     app = start_app(demo_kit, folder)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
-        await until(pilot, lambda: app.model_ready, "the model to load")
+        await until(pilot, lambda: app.models.ready, "the model to load")
         await send(pilot, "Tell me about exports")
         reply = (await reply_done(pilot, app)).text
         await saved(pilot, app)
@@ -276,7 +276,7 @@ async def test_new_session_and_markdown_export(demo_kit, tmp_path) -> None:
         form.value = "fresh start"
         await pilot.press("enter")
         await until(pilot, lambda: not isinstance(app.screen, SessionsScreen), "the close")
-        assert turns(app) == [] and app.messages == []
+        assert turns(app) == [] and said(app) == []
         assert session_status(app) == "session: fresh start · saved just now"
         assert (folder / "fresh start.toml").exists() and read(folder, "chat").turns == 1
         await send(pilot, "hi")
@@ -297,3 +297,41 @@ async def test_new_session_and_markdown_export(demo_kit, tmp_path) -> None:
         assert not (folder / "fresh start.toml").exists()
         await pilot.press("escape")
         assert not isinstance(app.screen, SessionsScreen)
+
+
+async def test_a_resumed_session_shows_its_adapter_and_keeps_a_scale_of_zero(
+        demo_kit, tmp_path) -> None:
+    """Issue 10, #3 and #14: a scale of 0 is saved as 0; on resume the Adapters pane marks
+    the session's adapter, the restored replies keep their adapter tags, and the swap's
+    re-prefill is known once the next reply is written."""
+    folder = tmp_path / "sessions"
+    adapters = str(demo_kit.adapters("llama"))
+    app = start_app(demo_kit, folder, session="tuned", adapters=adapters,
+                    adapter=[str(demo_kit.adapter("tone-b"))])
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.models.ready and bool(app.adapters.infos),
+                    "the model and the adapters")
+        await app.engine.set_adapter_scale(0.0).result()
+        await until(pilot, lambda: app.adapters.pane.active is not None
+                    and app.adapters.pane.active.scale == 0.0, "the pane to hear of it")
+        await send(pilot, "hello at zero")
+        tuned = await reply_done(pilot, app)
+        assert tuned.border_subtitle == "tone-b ×0"
+        await saved(pilot, app)
+    on_disk = read(folder, "tuned")
+    assert on_disk.adapter_scale == 0.0 and Path(on_disk.adapter).name == "tone-b"
+
+    app = start_app(demo_kit, folder, session="tuned", adapters=adapters)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.sessions.last_resume is not None, "the resume")
+        pane = app.adapters.pane
+        await until(pilot, lambda: pane.active is not None and pane.active.name == "tone-b",
+                    "the pane to show the session's adapter")
+        assert pane.active is not None and pane.active.scale == 0.0
+        restored = [t for t in turns(app) if hasattr(t, "stats")]
+        assert [t.border_subtitle for t in restored] == ["tone-b ×0"]
+        await send(pilot, "and again")
+        turn = await reply_done(pilot, app)
+        assert turn.border_subtitle == "tone-b ×0"
+        swap = str(app.query_one("#swap-facts", Static).render())
+        assert "next reply" not in swap

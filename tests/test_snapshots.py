@@ -14,7 +14,7 @@ from textual.pilot import Pilot
 
 from engine import MemoryReading, TurnStats
 from themes import DARK, LIGHT
-from workbench.app import WorkbenchApp, make_args
+from workbench.tui.app import WorkbenchApp, make_args
 
 SIZE = (130, 42)
 FIXED_STATS = TurnStats(
@@ -45,7 +45,7 @@ async def freeze(pilot: Pilot) -> None:
     throughput.samples.extend(FIXED_RATE)
     app.sidebar.memory.record(FIXED_MEMORY)
     app.sidebar.model.record_context(FIXED_STATS.context_tokens)
-    for turn in app.chat.turns():
+    for turn in app.chat_view.turns():
         if hasattr(turn, "show_stats"):
             turn.show_stats(FIXED_STATS)
     app.freeze_meters()
@@ -56,9 +56,9 @@ async def freeze(pilot: Pilot) -> None:
 async def loaded(pilot: Pilot) -> None:
     app = pilot.app
     assert isinstance(app, WorkbenchApp)
-    await until(pilot, lambda: app.model_ready, "the model to load")
+    await until(pilot, lambda: app.models.ready, "the model to load")
     # The Adapters pane is filled after the load; its height moves the sidebar's scrollbar.
-    await until(pilot, lambda: app.adapters_pane.status == "", "the adapters to be listed")
+    await until(pilot, lambda: app.adapters.pane.status == "", "the adapters to be listed")
 
 
 async def after_a_reply(pilot: Pilot) -> None:
@@ -68,7 +68,7 @@ async def after_a_reply(pilot: Pilot) -> None:
     await send(pilot, "What is a list comprehension?")
     await reply_done(pilot, app)
     # The status line says when the session was saved: wait for the autosave to be stable.
-    await until(pilot, lambda: app.session_saved, "the autosave")
+    await until(pilot, lambda: app.sessions.saved, "the autosave")
     await freeze(pilot)
 
 

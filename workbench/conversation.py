@@ -19,6 +19,17 @@ class Conversation:
         self.session = session or Session(name="unsaved", system_prompt=system_prompt,
                                           sampling=params or SamplingParams())
 
+    def replace_session(self, session: Session) -> Session:
+        """Hold ``session`` from now on (a saved session opened); returns the one held before."""
+        old, self.session = self.session, session
+        return old
+
+    def start_over(self) -> Session:
+        """A new, empty conversation with the same system prompt and sampling (New chat);
+        returns the session held before."""
+        return self.replace_session(Session(name="unsaved", system_prompt=self.system_prompt,
+                                            sampling=self.params))
+
     # -- settings ------------------------------------------------------------------------
     @property
     def system_prompt(self) -> str:

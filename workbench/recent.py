@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from models.hub import looks_like_repo_id
+from models.resolve import location_key
 from sessions.files import atomic_write
 
 from . import paths
@@ -42,13 +43,7 @@ def store_file() -> Path:
     return paths.data_dir() / "models.json"
 
 
-def normalize_spec(spec: str) -> str:
-    """Repo ids stay as they are; folders become absolute paths."""
-    spec = spec.strip()
-    path = Path(spec).expanduser()
-    if looks_like_repo_id(spec) and not path.exists():
-        return spec
-    return str(path.resolve())
+normalize_spec = location_key  # repo ids stay as they are; folders become absolute paths
 
 
 def load() -> ModelMemory:

@@ -3,7 +3,7 @@
 Engine events arrive far faster than a person can read (hundreds of tokens a second), so
 the panes only *record* the latest values when told (``record_*``, a few attribute
 assignments) and repaint on ``tick`` when something changed: from the sidebar's 10 Hz timer
-when no reply streams, from the app's paced frames while one does. The decode-rate
+when no reply streams, from the paced streamer's frames while one does. The decode-rate
 sparkline gets a point per 100 ms of decoding, however rarely it is painted.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -19,8 +19,10 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Digits, Label, Sparkline, Static
 
-from engine import MemoryReading, ModelInfo, TurnStats
 from engine.memory import gb
+
+if TYPE_CHECKING:
+    from engine import MemoryReading, ModelInfo, TurnStats
 
 SPARK_SAMPLES = 48
 SAMPLE_S = 0.1  # one sparkline point per 100 ms of decoding

@@ -19,7 +19,7 @@ from textual.widgets import Button, Input, Label, Select, Static, TextArea
 from engine.errors import BadSetting
 from engine.sampling import PRESETS, SamplingParams, parse_value
 
-from ..keymap import SETTINGS_BINDINGS
+from ...keymap import SETTINGS_BINDINGS
 
 HINTS = {
     "temperature": "0 to 5; 0 always picks the likeliest token",

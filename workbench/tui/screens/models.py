@@ -6,7 +6,7 @@ on disk, bits per weight, parameters, context length and whether it fits in memo
 scan reads only small files, in a thread, never MLX. Enter asks the app to load the chosen
 model; a repo id can be downloaded and the highlighted model quantized to 4 or 8 bits.
 
-Downloads and quantizations are the app's jobs (``workbench.app_models``), not the screen's:
+Downloads and quantizations are the app's jobs (``tui/controllers/jobs.py``), not the screen's:
 they go on when the screen is closed. The screen shows them with a ``JobPanel``, repainted at
 10 Hz from the job's latest progress, so a fast download never floods the UI with updates.
 """
@@ -14,8 +14,7 @@ they go on when the screen is closed. The screen shows them with a ``JobPanel``,
 from __future__ import annotations
 
 import asyncio
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -28,63 +27,21 @@ from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 
 from engine.memory import fmt_bytes, gb
 
-from ..keymap import MODELS_BINDINGS
+from ...keymap import MODELS_BINDINGS
+from ..controllers.jobs import JOB_REPAINT_S, Job
 
 if TYPE_CHECKING:
     from models.catalog import ModelEntry, PartialDownload
 
-JOB_REPAINT_S = 0.1  # the jobs' progress reaches the screen at most 10 times a second
 FIT_WORDS = {"fits": "yes", "tight": "tight", "too-big": "NO", "?": "?"}
 WHERE_WORDS = {"hf-cache": "HF cache", "folder": "folder", "recent": "recent"}
 
 
-@dataclass
-class Job:
-    """A download or a quantization the app runs in the background.
-
-    The worker thread (or the engine thread's events) only replaces ``latest``; the UI reads
-    it on its own timer. ``cancel`` stops the job (what a download fetched is kept).
-    """
-
-    kind: str  # download | quantize
-    target: str  # the repo id, or the folder being written
-    cancel: threading.Event = field(default_factory=threading.Event)
-    latest: Any = None  # the last DownloadProgress / QuantizeProgress
-    state: str = "running"  # running | done | cancelled | failed
-    message: str = ""  # the final line, once it ended
-    result: Path | None = None
-    announced: bool = False  # the app has said how it ended
+class JobHost(Protocol):
+    """What the models and welcome screens ask of the app (``tui/controllers/models.py``)."""
 
     @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-    def finish(self, state: str, message: str, result: Path | None = None) -> None:
-        self.message, self.result = message, result
-        self.state = state  # last: a reader that sees the state sees the message too
-
-    def line(self) -> str:
-        """One line for people: what is happening (bytes, speed, time left) or how it ended."""
-        if not self.running:
-            return self.message
-        p = self.latest
-        if p is None:
-            return f"{self.target}: starting…"
-        if self.kind == "download":
-            return str(p.line())
-        return str(p.message)
-
-    def amounts(self) -> tuple[int, int]:
-        p = self.latest
-        if p is None:
-            return 0, 0
-        return int(p.done), int(p.total)
-
-
-class JobHost(Protocol):
-    """What the models and welcome screens ask of the app (``workbench.app_models``)."""
-
-    model_info: Any
+    def model_info(self) -> Any: ...
 
     def job(self, kind: str) -> Job | None: ...
 

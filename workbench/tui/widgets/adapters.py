@@ -3,15 +3,16 @@
 The pane lists every adapter the engine found (``Engine.list_adapters``), valid or with the
 one-line reason it cannot be used, plus "No adapter"; the active one is marked. It only
 *shows* and *asks*: Enter or a click posts ``AdaptersPane.Chosen`` and ``d`` posts
-``AdaptersPane.DetailsWanted``; the app does the swap on the engine thread and tells the
-pane what is active now (``record_active``). Like the other panes it repaints on ``tick``
-when something changed, so a frozen sidebar (screenshots) stays as it is.
+``AdaptersPane.DetailsWanted``; the adapters controller does the swap on the engine thread,
+and every change of the active adapter (whoever made it) reaches the pane as the engine's
+``AdapterChanged`` event (``record_active``): nobody polls. Like the other panes it
+repaints on ``tick`` when something changed, so a frozen sidebar (screenshots) stays as it
+is.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from rich.text import Text
 from textual import events
@@ -20,41 +21,18 @@ from textual.message import Message
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine import TurnStats
-from engine.adapter_swap import AdapterState
-from engine.adapters import AdapterInfo
 from engine.memory import fmt_bytes
 
-from ..keymap import ADAPTER_LIST_BINDINGS, SCALE_BINDINGS
+from ...keymap import ADAPTER_LIST_BINDINGS, SCALE_BINDINGS
+from ..labels import NO_ADAPTER, adapter_label, same_path, scale_label, turn_adapter_label
 from .meters import Gauge, Pane, facts
 
-NO_ADAPTER = "No adapter"
+if TYPE_CHECKING:
+    from engine import AdapterInfo, AdapterState, TurnStats
+
 NONE_ID = "adapter:none"
 SCALE_MAX = 2.0
 SCALE_STEP = 0.1
-
-
-def scale_label(scale: float | None) -> str:
-    return f"×{scale:g}" if scale is not None else ""
-
-
-def adapter_label(name: str | None, scale: float | None) -> str:
-    """How a reply's producer is named: ``tone-a ×1`` or ``no adapter``."""
-    return f"{name} {scale_label(scale)}".strip() if name else "no adapter"
-
-
-def turn_adapter_label(stats: TurnStats) -> str:
-    """The adapter and scale that produced a reply, for the turn's bottom border."""
-    return adapter_label(stats.adapter, stats.scale)
-
-
-def same_path(a: str | None, b: str | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return a == b
 
 
 def facts_line(info: AdapterInfo) -> str:
@@ -307,8 +285,13 @@ class SwapFacts(Static):
         self._paint()
 
     def record_turn(self, stats: TurnStats) -> None:
-        """A reply ended: if it was the first after a swap, it says what the swap cost."""
+        """A reply ended: if it was the first after a swap, it says what the swap cost.
+        A swap whose re-prefill happened before the reply (a resumed session reads its
+        conversation again right after restoring its adapter) cost this reply nothing."""
         if stats.swap_ms is None:
+            if self.swap_ms is not None and self.reprefill is None:
+                self.reprefill = stats.reprefill_tokens
+                self._paint()
             return
         self.swap_ms = stats.swap_ms
         self.target = turn_adapter_label(stats)

@@ -14,7 +14,7 @@ from textual import events
 from textual.message import Message
 from textual.widgets import TextArea
 
-from ..keymap import PROMPT_BINDINGS
+from ...keymap import PROMPT_BINDINGS
 
 
 class PromptBox(TextArea):

@@ -1,8 +1,8 @@
 """One-line status at the bottom of the chat, and the banner shown for the demo model.
 
 The status line names what the app is doing (loading, ready, prefill, generating), shows a
-progress bar while a model loads or downloads, and keeps a slot for the session name that
-the sessions feature fills in.
+progress bar while a model loads or downloads, and the open session's name; all of it is
+computed from one ``Status`` (``tui/state.py``) that the app holds.
 """
 
 from __future__ import annotations
@@ -12,14 +12,17 @@ from textual.containers import Horizontal
 from textual.reactive import reactive
 from textual.widgets import Label, ProgressBar, Static
 
+from ..state import Status
+
 
 class StatusLine(Horizontal):
-    state: reactive[str] = reactive("starting…", init=False)
-    session_name: reactive[str] = reactive("", init=False)
+    """Renders a ``Status`` (``tui/state.py``): set ``status`` and it repaints itself."""
+
+    status: reactive[Status] = reactive(Status, init=False, always_update=False)
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
-        self._state = Label("starting…", id="status-state", markup=False)
+        self._state = Label(Status().text, id="status-state", markup=False)
         self._bar = ProgressBar(total=None, show_eta=False, id="load-bar")
         self._session = Label("", id="status-session", markup=False)
 
@@ -28,19 +31,21 @@ class StatusLine(Horizontal):
         yield self._bar
         yield self._session
 
-    def watch_state(self, state: str) -> None:
-        self._state.update(state)
+    @property
+    def text(self) -> str:
+        """The words shown now."""
+        return self.status.text
 
-    def watch_session_name(self, name: str) -> None:
-        self._session.update(f"session: {name}" if name else "")
-
-    def show_progress(self, done: int | None = None, total: int | None = None) -> None:
-        """Show the load bar: a fraction when ``total`` is known, else an indeterminate bar."""
-        self._bar.display = True
-        self._bar.update(total=total or None, progress=done or 0)
-
-    def hide_progress(self) -> None:
-        self._bar.display = False
+    def watch_status(self, old: Status, new: Status) -> None:
+        if new.text != old.text:
+            self._state.update(new.text)
+        if new.session_text != old.session_text:
+            self._session.update(new.session_text)
+        progress = new.progress
+        self._bar.display = progress is not None
+        if progress is not None and progress != old.progress:
+            done, total = progress
+            self._bar.update(total=total or None, progress=done)
 
 
 class Banner(Static):

@@ -23,7 +23,7 @@ from textual.widgets import Button, Label, Static
 from engine.adapters import AdapterInfo
 from engine.memory import fmt_bytes
 
-from ..widgets.adapters import scale_label
+from ..labels import scale_label
 from ..widgets.meters import count
 
 

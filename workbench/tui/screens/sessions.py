@@ -3,7 +3,7 @@
 The list comes from ``SessionStore.list`` (it only reads TOML files: cheap, no MLX), most
 recently used first, with the title, model, adapter, turns, when it was last used and its
 size on disk; sessions that cannot be read are listed with the reason. The screen asks the
-app (``workbench.app_sessions``) to do anything that touches the open conversation, so that a
+app (``tui/controllers/sessions.py``) to do anything that touches the open conversation, so that a
 rename or a delete never races an autosave.
 """
 
@@ -23,7 +23,7 @@ from textual.widgets import Button, DataTable, Input, Label, Static
 from engine.memory import fmt_bytes
 from sessions import SessionStore, SessionSummary
 
-from ..keymap import SESSIONS_BINDINGS
+from ...keymap import SESSIONS_BINDINGS
 
 FORM_LABELS = {
     "rename": "New name for {name} (Enter renames, Esc cancels)",

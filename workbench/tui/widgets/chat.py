@@ -1,22 +1,30 @@
 """The conversation pane: user and assistant turns, replies streamed as Markdown.
 
 A reply is streamed through Textual's ``MarkdownStream`` (``Markdown.get_stream``): text is
-queued as it arrives (``write``, cheap) and handed to the stream once per frame (``flush``,
-paced by the app, see ``pacer.py``), so however fast the model is, the Markdown widget sees
-a few appends a second, each one parsing only the last block, never the whole reply again.
-The scroll container is anchored, so it follows the reply until the user scrolls up.
+queued as it arrives (``write``, cheap: the pieces are kept, the reply is not rebuilt per
+token) and handed to the stream once per frame (``flush``, called by the paced streamer,
+see ``tui/streamer.py``), so however fast the model is, the Markdown widget sees a few
+appends a second, each one parsing only the last block, never the whole reply again. The
+scroll container is anchored, so it follows the reply until the user scrolls up.
+
+Markdown (and its parser) is imported when the first reply is shown, not before the first
+frame: the empty chat does not need it.
 """
 
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
-from textual.widgets import Markdown, Static
-from textual.widgets.markdown import MarkdownStream
+from textual.widgets import Static
 
-from engine import TurnStats
+if TYPE_CHECKING:
+    from textual.widgets import Markdown
+    from textual.widgets.markdown import MarkdownStream
+
+    from engine import TurnStats
 
 # C0 control characters (except tab and newline) and DEL, shown as their Unicode control
 # pictures: a model (or a paste) must not be able to send escape sequences to the terminal.
@@ -61,7 +69,7 @@ class AssistantTurn(Vertical):
     def __init__(self, title: str) -> None:
         super().__init__(classes="turn assistant-turn")
         self.border_title = title
-        self.text = ""
+        self._pieces: list[str] = []  # the reply so far, as it arrived (joined when read)
         self.done = False
         self.cancelled = False
         self.stats: TurnStats | None = None
@@ -71,12 +79,23 @@ class AssistantTurn(Vertical):
         self._stream: MarkdownStream | None = None
 
     def compose(self) -> ComposeResult:
+        from textual.widgets import Markdown
+
         yield Markdown(classes="reply")
         yield Static("", classes="turn-stats", markup=False)
 
     @property
     def markdown(self) -> Markdown:
+        from textual.widgets import Markdown
+
         return self.query_one(Markdown)
+
+    @property
+    def text(self) -> str:
+        """The reply so far (the pieces are joined once per read, not once per token)."""
+        if len(self._pieces) > 1:
+            self._pieces[:] = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
 
     def note(self, text: str) -> None:
         """Show ``text`` in the stats line (waiting for the model, prefill progress...)."""
@@ -88,7 +107,7 @@ class AssistantTurn(Vertical):
             return
         if not self.first_text_at:
             self.first_text_at = time.perf_counter()
-        self.text += text
+        self._pieces.append(text)
         self._pending.append(text)
 
     async def flush(self) -> None:
@@ -96,6 +115,8 @@ class AssistantTurn(Vertical):
         if not self._pending:
             return
         if self._stream is None:
+            from textual.widgets import Markdown
+
             self._stream = Markdown.get_stream(self.markdown)
         text = visible("".join(self._pending))
         self._pending.clear()
@@ -123,7 +144,8 @@ class AssistantTurn(Vertical):
 
     async def show_text(self, text: str) -> None:
         """Show a whole reply at once (a restored conversation)."""
-        self.text = text
+        self._pieces[:] = [text]
+        self._pending.clear()
         await self.markdown.update(visible(text))
 
 

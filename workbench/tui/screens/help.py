@@ -11,7 +11,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
-from ..keymap import KeyRow
+from ...keymap import KeyRow
 
 INTRO = ("Remap any key in the [keys] table of the config file, by id, e.g. "
          'regenerate = "ctrl+g". Every action is also in the command palette.')

@@ -5,16 +5,16 @@ runs them; the screen asks the engine for each in turn, ``use_adapter(choice)`` 
 ``chat(conversation)``, on the engine thread, where each choice keeps its own prompt cache
 (so running the choice that wrote the current reply reuses its cache, and a choice already
 compared re-prefills nothing). Both replies stream into their own column with their stats
-and adapter name. Keeping one dismisses the screen with it: the app puts it in place of the
+and adapter name, through the same paced streamer as the chat (``tui/streamer.py``).
+Keeping one dismisses the screen with it: the app puts it in place of the
 last reply and leaves that choice active, so the conversation continues under it.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -23,10 +23,14 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Select, Static
 
-from engine import Engine, Error, Notice, Result, SamplingParams, TokenText, TurnDone, TurnStats
+from engine import EngineError, Notice
 
-from ..widgets.adapters import turn_adapter_label
+from ..labels import turn_adapter_label
+from ..streamer import PacedStreamer
 from ..widgets.chat import AssistantTurn
+
+if TYPE_CHECKING:
+    from engine import EngineAPI, SamplingParams, TurnStats
 
 SIDES = ("a", "b")
 
@@ -54,13 +58,14 @@ class CompareScreen(ModalScreen[CompareResult | None]):
         Binding("escape", "close_compare", "Close", show=False),
     ]
 
-    def __init__(self, engine: Engine, conversation: Sequence[dict[str, str]],
+    def __init__(self, engine: EngineAPI, conversation: Sequence[dict[str, str]],
                  params: SamplingParams, choices: Sequence[Choice], first: int,
-                 second: int) -> None:
+                 second: int, streamer: PacedStreamer | None = None) -> None:
         """``conversation`` ends with the user message to answer; ``first``/``second``
         index ``choices`` for the two picks shown at the start."""
         super().__init__()
         self.engine = engine
+        self.streamer = streamer or PacedStreamer()
         self.conversation = [dict(m) for m in conversation]
         self.params = params
         self.choices = list(choices)
@@ -153,46 +158,40 @@ class CompareScreen(ModalScreen[CompareResult | None]):
             self._note("Neither choice gave a reply (see the messages).")
 
     async def _run_one(self, side: str, choice: Choice, turn: AssistantTurn) -> None:
-        swap = await self.engine.use_adapter(choice.path, choice.scale).result()
-        if self.closing:
+        try:
+            await self.engine.use_adapter(choice.path, choice.scale).result()
+        except EngineError as exc:
+            if not self.closing:
+                self.notify(str(exc), title=f"{choice.label}: not run", severity="error")
+                await turn.finish(error=f"Not run: {exc}")
             return
-        if not isinstance(swap, Result):
-            message = swap.message if isinstance(swap, Error) else "it did not finish"
-            self.notify(message, title=f"{choice.label}: not run", severity="error")
-            await turn.finish(error=f"Not run: {message}")
+        if self.closing:
             return
         turn.note("reading the prompt…")
         stream = self.engine.chat(self.conversation, self.params)
-        final: TurnDone | Error | None = None
+
+        def frame(_token: object) -> None:
+            if self.closing:
+                stream.cancel()  # the screen was closed: stop the engine
+            elif turn.text:
+                turn.note("")
+
         try:
-            async for batch in stream.batches():
-                for event in batch:
-                    if isinstance(event, TokenText):
-                        turn.write(event.text)
-                    elif isinstance(event, Notice):
-                        self.notify(event.message, severity="warning", timeout=8)
-                    elif isinstance(event, TurnDone | Error):
-                        final = event
-                if turn.text:
-                    turn.note("")
-                await turn.flush()
-                await asyncio.sleep(0)
-        finally:
-            if final is None or self.closing:  # the screen was closed: stop the engine
-                stream.cancel_flag.set()
+            done = await self.streamer.run(stream, turn, on_frame=frame, handlers={
+                Notice: lambda e: self.notify(e.message, severity="warning", timeout=8)})
+        except EngineError as exc:
+            if not self.closing:
+                if exc.kind != "cancelled":
+                    self.notify(str(exc), title=f"{choice.label}: no reply", severity="error")
+                await turn.finish(error=str(exc))
+            return
         if self.closing:
             return
-        if isinstance(final, TurnDone):
-            await turn.finish(final.stats)
-            turn.border_subtitle = turn_adapter_label(final.stats)
-            if final.stats.finish_reason != "cancelled" and (final.text or
-                                                            final.stats.generated_tokens):
-                self.results[side] = CompareResult(choice, final.text, final.stats)
-        else:
-            message = final.message if isinstance(final, Error) else "stopped"
-            if isinstance(final, Error):
-                self.notify(message, title=f"{choice.label}: no reply", severity="error")
-            await turn.finish(error=message)
+        await turn.finish(done.stats)
+        turn.border_subtitle = turn_adapter_label(done.stats)
+        if done.stats.finish_reason != "cancelled" and (done.text or
+                                                       done.stats.generated_tokens):
+            self.results[side] = CompareResult(choice, done.text, done.stats)
 
     # -- keeping ------------------------------------------------------------------------
     @on(Button.Pressed, "#keep-a")

@@ -1,0 +1,334 @@
+"""The full-screen app: chat with a local model, watch its throughput and memory live.
+
+``WorkbenchApp`` is wiring. Each concern is a controller that owns its state and says what
+happened with a message (``tui/messages.py``): the chat (the one ``Conversation``, replies
+streamed on the frame clock by ``tui/streamer.py``), the model (loads, switches, jobs),
+the sessions (autosave, resume) and the adapters. The engine thread does all model work and
+tells the app of every model and adapter change (``Engine.subscribe``); the handlers below
+hand each message to whoever cares. The status line is computed from one ``Status``
+(``tui/state.py``). Screens other than the main one are imported when first opened.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from textual import on
+from textual.app import App, ComposeResult, CSSPathType
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.reactive import var
+from textual.widgets import Footer, Header
+from textual.worker import Worker, WorkerState
+
+import engine as engine_events
+from engine import EngineAPI, SamplingParams
+from themes import DARK, STYLESHEET, THEMES, register_themes, variable_defaults
+
+from .. import runtime
+from ..config import Config, save_config
+from ..conversation import Conversation
+from ..keymap import APP_BINDINGS, check_keymap
+from . import messages
+from .commands import WorkbenchCommands
+from .controllers.adapters import AdapterController
+from .controllers.chat import ChatController
+from .controllers.models import ModelController
+from .controllers.sessions import SessionController
+from .state import Status
+from .widgets import Banner, ChatView, PromptBox, Sidebar, StatusLine
+
+if TYPE_CHECKING:
+    from .widgets.adapters import AdaptersPane, ScaleControl
+
+MEMORY_POLL_S = 2.0  # memory is read this often while the engine is idle
+
+
+class WorkbenchApp(App[int]):
+    TITLE = "MLX Workbench"
+    CSS_PATH: ClassVar[CSSPathType | None] = [STYLESHEET, "app.tcss"]
+    BINDINGS = APP_BINDINGS  # type: ignore[assignment]
+    COMMANDS = App.COMMANDS | {WorkbenchCommands}
+
+    status: var[Status] = var(Status, init=False)
+
+    def __init__(self, args: argparse.Namespace, config: Config | None = None,
+                 params: SamplingParams | None = None, engine: EngineAPI | None = None) -> None:
+        super().__init__()
+        if config is None or params is None:
+            config, params = runtime.setup(args)
+        self.args = args
+        self.config = config
+        self.engine: EngineAPI = engine or runtime.start_engine(args, config)
+        system = args.system if args.system is not None else config.system_prompt
+        self.models = ModelController(self, self.engine, args, config)
+        self.chat = ChatController(self, self.engine,
+                                   Conversation(system_prompt=system, params=params),
+                                   self.models)
+        folder = getattr(args, "sessions_dir", None)
+        self.sessions = SessionController(
+            self, self.engine, args,
+            Path(folder).expanduser() if folder else config.sessions_path(),
+            self.chat, self.models)
+        self.adapters = AdapterController(self, self.engine, args, config, self.chat,
+                                          self.models)
+        self._unsubscribe: Any = None
+        self.keymap, self._startup_problems = check_keymap(config.keys)
+        self._startup_problems[:0] = list(config.problems)
+        register_themes(self)
+        wanted = args.theme or config.theme or DARK
+        if self.get_theme(wanted) is None:
+            self._startup_problems.append(
+                f"unknown theme {wanted!r}: using {DARK}; choose one with Ctrl+P → Theme "
+                f"(ours: {', '.join(THEMES)})")
+            wanted = DARK
+        self.theme = wanted
+
+    # -- layout --------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Header(icon="◆")
+        yield Banner(id="banner")
+        with Horizontal(id="main"):
+            with Vertical(id="chat-column"):
+                yield ChatView(id="chat")
+                yield PromptBox(id="prompt")
+                yield StatusLine(id="status")
+            yield Sidebar(id="sidebar")
+        yield Footer()
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        return variable_defaults(self.current_theme)
+
+    @property
+    def chat_view(self) -> ChatView:
+        return self.query_one(ChatView)
+
+    @property
+    def prompt(self) -> PromptBox:
+        return self.query_one(PromptBox)
+
+    @property
+    def sidebar(self) -> Sidebar:
+        return self.query_one(Sidebar)
+
+    @property
+    def status_line(self) -> StatusLine:
+        return self.query_one(StatusLine)
+
+    @property
+    def banner(self) -> Banner:
+        return self.query_one(Banner)
+
+    def update_status(self, **changes: Any) -> None:
+        """Change the fields of the status that the caller owns (see ``tui/state.py``)."""
+        self.status = self.status.with_(**changes)
+
+    def watch_status(self, status: Status) -> None:
+        self.status_line.status = status
+
+    def on_mount(self) -> None:
+        for problem in self._startup_problems:
+            self.notify(problem, title="Config", severity="warning", timeout=12)
+        if self.keymap:
+            self.set_keymap(self.keymap)
+        self.prompt.focus()
+        self.set_interval(MEMORY_POLL_S, self.poll_memory)
+        self.theme_changed_signal.subscribe(self, self._remember_theme)
+        self._unsubscribe = self.engine.subscribe(self._engine_changed)
+        self.sessions.start()  # --session NAME: its model is the one to load
+        self.call_after_refresh(self.adapters.mount)  # not needed for the first frame
+        self.models.start()  # the welcome screen on a first run; the load
+
+    def _engine_changed(self, event: Any) -> None:
+        """On the engine thread: hand the change to the app's thread (post_message is
+        thread-safe) and return at once."""
+        if isinstance(event, engine_events.ModelChanged):
+            self.post_message(messages.ModelChanged(event.info))
+        elif isinstance(event, engine_events.AdapterChanged):
+            self.post_message(messages.AdapterChanged(event.state, event.swapped))
+
+    async def on_unmount(self) -> None:
+        """The one exit path: jobs stopped, the session saved and unlocked, the engine
+        closed (off the event loop: it waits for the engine thread)."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        self.models.jobs.cancel_all()
+        self.sessions.close()
+        await asyncio.to_thread(self.engine.close)
+
+    # -- what the controllers and the engine say -----------------------------------------
+    @on(messages.ModelChanged)
+    def _model_changed(self, event: messages.ModelChanged) -> None:
+        self.models.model_changed(event.info)
+
+    @on(messages.AdapterChanged)
+    def _adapter_changed(self, event: messages.AdapterChanged) -> None:
+        self.adapters.changed(event.state, event.swapped)
+        self.models.adapter_changed(event.state)
+
+    @on(messages.LoadFinished)
+    def _load_finished(self, event: messages.LoadFinished) -> None:
+        if event.info is not None:
+            self.adapters.refresh()  # checked against this model
+        self.poll_memory()
+
+    @on(messages.TurnFinished)
+    def _turn_finished(self, event: messages.TurnFinished) -> None:
+        self.adapters.note_turn(event.turn, event.done.stats)
+        self.sessions.turn_finished()
+
+    @on(messages.ConversationCleared)
+    def _conversation_cleared(self, event: messages.ConversationCleared) -> None:
+        self.sessions.conversation_cleared(event.old)
+
+    @on(messages.JobFinished)
+    def _job_finished(self, event: messages.JobFinished) -> None:
+        self.notify(event.message, title=event.kind.capitalize(), timeout=10,
+                    severity="information" if event.ok else "warning")
+
+    @on(PromptBox.Submitted)
+    async def _submitted(self, event: PromptBox.Submitted) -> None:
+        await self.chat.send(event.text)
+
+    # The adapters pane's messages, by name (its module is imported after the first frame).
+    def on_adapters_pane_chosen(self, event: AdaptersPane.Chosen) -> None:
+        self.adapters.choose(event.path, event.name)
+
+    def on_adapters_pane_details_wanted(self, event: AdaptersPane.DetailsWanted) -> None:
+        self.adapters.show_details(event.info.path)
+
+    def on_scale_control_changed(self, event: ScaleControl.Changed) -> None:
+        self.adapters.scale_moved(event.value)
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place where a worker's unexpected failure reaches the user."""
+        if event.state == WorkerState.ERROR and event.worker.error is not None:
+            error = event.worker.error
+            self.notify(f"{event.worker.description} failed: {type(error).__name__}: {error}",
+                        title="Unexpected error", severity="error", timeout=15)
+
+    # -- memory, when idle ---------------------------------------------------------------
+    def poll_memory(self) -> None:
+        if not self.engine.busy and not self.chat.meters_frozen:
+            self.run_worker(self._read_memory(), group="memory", exclusive=True,
+                            exit_on_error=False, description="read memory")
+
+    async def _read_memory(self) -> None:
+        try:
+            reading = await self.engine.memory().result()
+        except engine_events.EngineError:
+            return
+        self.sidebar.memory.record(reading)
+
+    # -- actions (every binding; the palette runs the same ones) -------------------------
+    def action_cancel_reply(self) -> None:
+        self.chat.cancel()
+
+    async def action_regenerate(self) -> None:
+        await self.chat.regenerate()
+
+    async def action_edit_last(self) -> None:
+        await self.chat.edit_last()
+
+    def action_copy_last(self) -> None:
+        self.chat.copy_last()
+
+    async def action_new_chat(self) -> None:
+        await self.chat.new_chat()
+
+    def action_settings(self) -> None:
+        from .screens.settings import SettingsScreen
+
+        conversation = self.chat.conversation
+        self.push_screen(SettingsScreen(conversation.system_prompt, conversation.params),
+                         self._apply_settings)
+
+    def _apply_settings(self, result: Any) -> None:
+        if result is None:
+            return
+        conversation = self.chat.conversation
+        conversation.params = result.params
+        conversation.system_prompt = result.system_prompt
+        if result.save_as_default:
+            self.save_config(replace(self.config, sampling=result.params,
+                                     system_prompt=result.system_prompt),
+                             "sampling and system prompt saved as defaults")
+        else:
+            self.notify("Settings applied to this conversation.")
+
+    def action_help(self) -> None:
+        from ..keymap import all_bindings, key_rows
+        from .screens.help import HelpScreen
+
+        display = {key.strip(): self.get_key_display(Binding(key.strip(), ""))
+                   for b in all_bindings()
+                   for key in self.keymap.get(b.id or "", b.key).split(",")}
+        self.push_screen(HelpScreen(key_rows(self.keymap, display.items())))
+
+    def action_toggle_sidebar(self) -> None:
+        self.sidebar.display = not self.sidebar.display
+
+    def action_sessions(self) -> None:
+        self.sessions.open_screen()
+
+    def action_export_session(self) -> None:
+        self.sessions.export()
+
+    def action_models(self) -> None:
+        self.models.open_screen()
+
+    def action_focus_adapters(self) -> None:
+        self.adapters.focus_list()
+
+    def action_adapter_scale(self) -> None:
+        self.adapters.focus_scale()
+
+    def action_compare_adapters(self) -> None:
+        self.adapters.compare()
+
+    def freeze_meters(self) -> None:
+        """Stop live meter updates (for screenshots that must not change between runs)."""
+        self.chat.meters_frozen = True
+        self.sidebar.freeze()
+
+    # -- config --------------------------------------------------------------------------
+    def _remember_theme(self, theme: Any) -> None:
+        name = getattr(theme, "name", str(theme))
+        if name != self.config.theme:
+            self.save_config(replace(self.config, theme=name), f"theme {name} remembered")
+
+    def save_config(self, config: Config, done: str) -> None:
+        if self.config.problems:
+            self.notify("The config file has problems (see the earlier notes), so it was not "
+                        "overwritten: fix it first.", severity="warning")
+            return
+        try:
+            save_config(config)
+        except OSError as exc:
+            self.notify(f"Could not save the config: {exc}", severity="error")
+            return
+        self.config = config
+        self.notify(done.capitalize() + ".")
+
+
+def make_args(argv: list[str] | None = None, **overrides: Any) -> argparse.Namespace:
+    """The app's arguments as the ``workbench`` command would parse them, plus overrides."""
+    from ..cli import build_parser
+
+    args = build_parser().parse_args(argv or [])
+    for key, value in overrides.items():
+        setattr(args, key, value)
+    return args
+
+
+def run_app(args: argparse.Namespace) -> int:
+    app = WorkbenchApp(args)
+    try:
+        app.run()
+    finally:
+        app.engine.close()
+    return app.return_code or 0

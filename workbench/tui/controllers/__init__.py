@@ -1,0 +1,1 @@
+"""One controller per concern of the app: chat, models (and jobs), sessions, adapters."""

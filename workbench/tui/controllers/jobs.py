@@ -1,0 +1,220 @@
+"""Downloads and quantizations: the app's background jobs, which outlive the screens.
+
+A download runs in a thread worker (``models.hub.fetch_model`` does no MLX work); a
+quantization on the engine thread (``models.quantize.quantize_job``), and its new folder is
+remembered (``workbench.recent``) so that it shows in the models list. Either way the
+worker only stores the latest progress on its ``Job``: the screens and the status line read
+it on their own 10 Hz timers, so a fast download never floods the UI. How a job ended is
+said once (``JobFinished``).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine import EngineError
+from engine.errors import WorkbenchError
+
+from ... import recent
+from ..messages import JobFinished
+
+if TYPE_CHECKING:
+    from textual.timer import Timer
+
+    from engine import EngineAPI, EventStream
+    from models.catalog import ModelEntry
+
+    from ..app import WorkbenchApp
+
+JOB_REPAINT_S = 0.1  # the jobs' progress reaches the screen at most 10 times a second
+
+
+@dataclass
+class Job:
+    """A download or a quantization the app runs in the background.
+
+    The worker thread (or the engine thread's events) only replaces ``latest``; the UI reads
+    it on its own timer. ``cancel`` stops the job (what a download fetched is kept).
+    """
+
+    kind: str  # download | quantize
+    target: str  # the repo id, or the folder being written
+    cancel: threading.Event = field(default_factory=threading.Event)
+    latest: Any = None  # the last DownloadProgress / QuantizeProgress
+    state: str = "running"  # running | done | cancelled | failed
+    message: str = ""  # the final line, once it ended
+    result: Path | None = None
+    announced: bool = False  # the app has said how it ended
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    def finish(self, state: str, message: str, result: Path | None = None) -> None:
+        self.message, self.result = message, result
+        self.state = state  # last: a reader that sees the state sees the message too
+
+    def line(self) -> str:
+        """One line for people: what is happening (bytes, speed, time left) or how it ended."""
+        if not self.running:
+            return self.message
+        p = self.latest
+        if p is None:
+            return f"{self.target}: starting…"
+        if self.kind == "download":
+            return str(p.line())
+        return str(p.message)
+
+    def amounts(self) -> tuple[int, int]:
+        p = self.latest
+        if p is None:
+            return 0, 0
+        return int(p.done), int(p.total)
+
+
+class JobsController:
+    def __init__(self, app: WorkbenchApp, engine: EngineAPI, recommended: str) -> None:
+        self.app = app
+        self.engine = engine
+        self.recommended = recommended
+        self.jobs: dict[str, Job] = {}  # the latest job of each kind, running or ended
+        self._timer: Timer | None = None
+
+    def job(self, kind: str) -> Job | None:
+        return self.jobs.get(kind)
+
+    def cancel_job(self, kind: str) -> None:
+        job = self.jobs.get(kind)
+        if job is not None and job.running:
+            job.cancel.set()
+
+    def cancel_all(self) -> None:
+        """At exit: stop what runs; a download keeps what it fetched, for next time."""
+        for job in self.jobs.values():
+            job.cancel.set()
+
+    def _busy(self, kind: str) -> str | None:
+        job = self.jobs.get(kind)
+        if job is not None and job.running:
+            what = "download" if kind == "download" else "quantization"
+            return (f"A {what} is running already ({job.target}): wait for it, or cancel it "
+                    "(Ctrl+Z in the models screen)")
+        return None
+
+    # -- downloads -----------------------------------------------------------------------
+    def start_download(self, repo_id: str) -> str | None:
+        """Start downloading ``repo_id`` into the Hugging Face cache; None, or why not."""
+        from models.hub import looks_like_repo_id
+
+        repo = repo_id.strip()
+        if not repo:
+            return "Type a Hugging Face repo id first, for example " + self.recommended
+        if not looks_like_repo_id(repo):
+            return (f"{repo!r} is not a Hugging Face repo id: it looks like owner/name, for "
+                    f"example {self.recommended}")
+        busy = self._busy("download")
+        if busy:
+            return busy
+        job = Job("download", repo)
+        self.jobs["download"] = job
+        self.app.run_worker(lambda: self._download(job), thread=True, group="download",
+                            exclusive=True, exit_on_error=False,
+                            description="download the model")
+        self._watch()
+        return None
+
+    @staticmethod
+    def _download(job: Job) -> None:
+        from engine.memory import fmt_bytes
+        from models.hub import DownloadCancelled, fetch_model
+
+        def progress(p: Any) -> None:
+            job.latest = p  # the UI's timer reads it (at most 10 times a second)
+
+        try:
+            path = fetch_model(job.target, progress=progress, cancel=job.cancel)
+        except DownloadCancelled as exc:
+            job.finish("cancelled", str(exc))
+        except WorkbenchError as exc:
+            job.finish("failed", str(exc))
+        except Exception as exc:  # noqa: BLE001 - the job must end, whatever happened
+            job.finish("failed", f"download of {job.target} failed: {type(exc).__name__}: {exc}")
+        else:
+            total = job.latest.total if job.latest is not None else 0
+            size = f" ({fmt_bytes(total)})" if total else ""
+            job.finish("done", f"{job.target} downloaded{size}: Enter on it in the models "
+                       "screen loads it", path)
+
+    # -- quantizations -------------------------------------------------------------------
+    def start_quantize(self, entry: ModelEntry, bits: int) -> str | None:
+        """Quantize the model ``entry`` to ``bits`` into a new folder; None, or why not."""
+        from models.quantize import quantize_job
+
+        if entry.problem:
+            return f"{entry.name} cannot be loaded, so it cannot be quantized: {entry.problem}"
+        if entry.quant_bits:
+            return (f"{entry.name} is quantized already ({entry.quant_bits} bits): quantize a "
+                    "full-precision model instead")
+        busy = self._busy("quantize")
+        if busy:
+            return busy
+        target = quantize_target(entry, bits)
+        stream = self.engine.submit(quantize_job(str(entry.path), str(target), bits, 64))
+        job = Job("quantize", str(target), stream.cancel_flag)
+        self.jobs["quantize"] = job
+        self.app.run_worker(self._quantize(job, stream), group="quantize",
+                            exit_on_error=False, description="quantize the model")
+        self._watch()
+        return None
+
+    async def _quantize(self, job: Job, stream: EventStream[Path]) -> None:
+        from engine import follow
+        from models.quantize import QuantizeProgress
+
+        def progress(event: QuantizeProgress) -> None:
+            job.latest = event
+
+        try:
+            path = await follow(stream, {QuantizeProgress: progress})
+        except EngineError as exc:
+            job.finish("cancelled" if exc.kind == "cancelled" else "failed", str(exc))
+            return
+        folder = recent.add_model_folder(path)
+        job.finish("done", f"{folder.name} written ({folder}): it is in the models list now",
+                   folder)
+
+    # -- showing them --------------------------------------------------------------------
+    def _watch(self) -> None:
+        if self._timer is None:
+            self._timer = self.app.set_interval(JOB_REPAINT_S, self._tick)
+
+    def _tick(self) -> None:
+        """The running job's line in the status line; how each job ended, said once."""
+        for kind, job in list(self.jobs.items()):
+            if not job.running and not job.announced:
+                job.announced = True
+                self.app.post_message(JobFinished(kind, job.message, job.state == "done"))
+        running = [j for j in self.jobs.values() if j.running]
+        if running:
+            self.app.update_status(job=running[0].line(), job_progress=running[0].amounts())
+            return
+        self.app.update_status(job="", job_progress=None)
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+
+
+def quantize_target(entry: ModelEntry, bits: int) -> Path:
+    """A new folder in the first model folder: NAME-4bit, NAME-4bit-2..."""
+    from sessions import sanitize_name
+
+    base = recent.model_folders()[0]
+    stem = sanitize_name(f"{entry.name.rsplit('/', 1)[-1]}-{bits}bit", default="model")
+    target, n = base / stem, 1
+    while target.exists():
+        n += 1
+        target = base / f"{stem}-{n}"
+    return target

@@ -1,0 +1,1 @@
+"""The app's screens: each is imported when it is first opened, not before the first frame."""
