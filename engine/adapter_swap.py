@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.resolve import location_key
+
 from .adapter_fit import check_against_model, shape_text
 from .adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterInfo, content_digest, inspect_adapter
 from .errors import AdapterError, BadSetting
@@ -121,15 +123,6 @@ def check_scale(scale: float | None) -> float:
         raise BadSetting(f"adapter scale must be from 0 to {MAX_SCALE:g} (times the trained "
                          f"scale; 1 = as trained), not {value:g}")
     return value
-
-
-def _folder_key(path: str | Path) -> str:
-    """The adapter folder as the prepared set knows it (absolute, links resolved)."""
-    folder = Path(path).expanduser()
-    try:
-        return str(folder.resolve())
-    except OSError:
-        return str(folder.absolute())
 
 
 def _signature(path: Path) -> tuple[int, int, int, int]:
@@ -319,7 +312,7 @@ class AdapterManager:
             return None, 0.0, time.perf_counter() - start
         value = check_scale(scale)
         start = time.perf_counter()
-        key = _folder_key(path)
+        key = location_key(path)  # the folder as the prepared set knows it
         prepared = self._ready(key)
         prepare_s = 0.0
         if prepared is None:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from models.resolve import same_location
 from models.safetensors_header import (
     SafetensorsHeader,
     SafetensorsHeaderError,
@@ -423,12 +424,8 @@ def base_model_note(info: AdapterInfo, loaded_path: str) -> str | None:
     if not info.base_model:
         return None
     recorded = info.base_model
-    try:
-        rec_path = Path(recorded).expanduser()
-        if rec_path.exists() and rec_path.resolve() == Path(loaded_path).resolve():
-            return None
-    except OSError:
-        pass
+    if Path(recorded).expanduser().exists() and same_location(recorded, loaded_path):
+        return None
     if model_label(recorded) == model_label(loaded_path):
         return None
     return (f"trained on {recorded}, loaded model is {Path(loaded_path).name}: the shapes fit, "

@@ -26,6 +26,7 @@ from typing import Any
 from engine.memory import fit_report, fmt_count, model_context_length, system_available_memory
 
 from .hub import cached_snapshot, default_cache_dir
+from .resolve import location_key
 from .safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 SOURCE_CACHE = "hf-cache"
@@ -362,12 +363,12 @@ def scan_models(folders: Iterable[str | Path] = (), *, cache_dir: str | Path | N
     have = system_available_memory() if available is None else available
     rank: dict[str, int] = {}
     for i, spec in enumerate(recent):
-        key = spec if not Path(spec).expanduser().is_absolute() else _key(Path(spec))
+        key = spec if not Path(spec).expanduser().is_absolute() else location_key(spec)
         rank.setdefault(key, i)
     entries: list[ModelEntry] = []
     seen: set[str] = set()
     for item in found:
-        key = _key(item.path)
+        key = location_key(item.path)
         if key in seen:
             continue
         seen.add(key)
@@ -407,13 +408,6 @@ def scan_models(folders: Iterable[str | Path] = (), *, cache_dir: str | Path | N
         ))
     entries.sort(key=lambda e: (e.recent_rank is None, e.recent_rank or 0, e.name.lower()))
     return entries
-
-
-def _key(path: Path) -> str:
-    try:
-        return str(Path(path).expanduser().resolve())
-    except OSError:
-        return str(path)
 
 
 def filter_models(entries: Iterable[ModelEntry], text: str) -> list[ModelEntry]:

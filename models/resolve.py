@@ -140,3 +140,24 @@ def short_model(spec: str) -> str:
     if spec.startswith(("/", "~", ".")):
         return Path(spec.rstrip("/")).name or spec
     return spec
+
+
+def location_key(spec: str | Path) -> str:
+    """One spelling per place: a repo id stays as it is; a folder becomes absolute, with
+    ``~`` and links resolved (so two spellings of one folder compare equal)."""
+    text = str(spec).strip()
+    path = Path(text).expanduser()
+    if looks_like_repo_id(text) and not path.exists():
+        return text
+    try:
+        return str(path.resolve())
+    except OSError:
+        return str(path.absolute())
+
+
+def same_location(a: str | Path | None, b: str | Path | None) -> bool:
+    """Whether ``a`` and ``b`` name the same repo id or folder (None only equals None)."""
+    if a is None or b is None:
+        return a is b
+    return location_key(a) == location_key(b)
+
