@@ -4,35 +4,83 @@ Layers, as in mlx-lm: ``run_turn`` (engine/turn.py) is one chat turn as a plain 
 over a ``LoadedModel`` and its ``PromptCaches``; ``EngineCore`` holds that state with the
 adapters; ``Engine`` (engine/runtime.py) is the one thread that owns MLX, fed by a queue,
 answering each request with a typed ``EventStream``. Nothing here imports textual, rich or
-prompt_toolkit, and mlx-lm is imported only on the engine thread, so importing this package
-is cheap.
+prompt_toolkit, and mlx-lm is imported only on the engine thread; importing this package
+loads a module only when one of its names is first used.
 """
 
-from .adapter_swap import AdapterState
-from .adapters import AdapterInfo
-from .core import EngineCore
-from .errors import EngineError, WorkbenchError
-from .events import (
-    AdapterChanged,
-    Error,
-    LoadProgress,
-    Memory,
-    MemoryReading,
-    ModelChanged,
-    ModelInfo,
-    ModelLoaded,
-    Notice,
-    PrefillProgress,
-    Result,
-    TokenText,
-    TurnDone,
-    TurnStats,
-)
-from .prompt_cache import CacheSnapshot
-from .protocol import EngineAPI
-from .runtime import Engine
-from .sampling import PRESETS, SamplingParams, preset
-from .stream import EventStream, follow, follow_sync
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .adapter_swap import AdapterState
+    from .adapters import AdapterInfo
+    from .core import EngineCore
+    from .errors import EngineError, WorkbenchError
+    from .events import (
+        AdapterChanged,
+        Error,
+        LoadProgress,
+        Memory,
+        MemoryReading,
+        ModelChanged,
+        ModelInfo,
+        ModelLoaded,
+        Notice,
+        PrefillProgress,
+        Result,
+        TokenText,
+        TurnDone,
+        TurnStats,
+    )
+    from .prompt_cache import CacheSnapshot
+    from .protocol import EngineAPI
+    from .runtime import Engine
+    from .sampling import PRESETS, SamplingParams, preset
+    from .stream import EventStream, follow, follow_sync
+
+# Each public name and the module that defines it. Importing ``engine`` (or one of its light
+# modules, e.g. ``engine.errors``) loads nothing else: a name is imported when first used,
+# so the app's first frame does not wait for the engine's adapter and model code.
+_PUBLIC = {
+    "AdapterState": "adapter_swap",
+    "AdapterInfo": "adapters",
+    "EngineCore": "core",
+    "EngineError": "errors",
+    "WorkbenchError": "errors",
+    "AdapterChanged": "events",
+    "Error": "events",
+    "LoadProgress": "events",
+    "Memory": "events",
+    "MemoryReading": "events",
+    "ModelChanged": "events",
+    "ModelInfo": "events",
+    "ModelLoaded": "events",
+    "Notice": "events",
+    "PrefillProgress": "events",
+    "Result": "events",
+    "TokenText": "events",
+    "TurnDone": "events",
+    "TurnStats": "events",
+    "CacheSnapshot": "prompt_cache",
+    "EngineAPI": "protocol",
+    "Engine": "runtime",
+    "PRESETS": "sampling",
+    "SamplingParams": "sampling",
+    "preset": "sampling",
+    "EventStream": "stream",
+    "follow": "stream",
+    "follow_sync": "stream",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "PRESETS", "AdapterChanged", "AdapterInfo", "AdapterState", "CacheSnapshot", "Engine",

@@ -11,13 +11,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from .adapter_swap import AdapterState
-from .adapters import AdapterInfo
-from .events import MemoryReading, ModelInfo, StateEvent, TurnDone
-from .sampling import SamplingParams
-from .stream import EventStream
+if TYPE_CHECKING:
+    from .adapter_swap import AdapterState
+    from .adapters import AdapterInfo
+    from .events import MemoryReading, ModelInfo, StateEvent, TurnDone
+    from .sampling import SamplingParams
+    from .stream import EventStream
 
 T = TypeVar("T")
 

@@ -20,12 +20,9 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import memory as mem
-from .adapter_swap import DEFAULT_MAX_PREPARED, AdapterState
-from .adapters import AdapterInfo
-from .core import EngineCore
 from .errors import WorkbenchError
 from .events import (
     AdapterChanged,
@@ -38,14 +35,18 @@ from .events import (
     StateEvent,
     TurnDone,
 )
-from .loaded import first_line
 from .sampling import SamplingParams
 from .stream import EventStream
+
+if TYPE_CHECKING:  # the core, its adapters and models are imported on the engine thread
+    from .adapter_swap import AdapterState
+    from .adapters import AdapterInfo
+    from .core import EngineCore
 
 T = TypeVar("T")
 Message = Mapping[str, str]
 Emit = Callable[[Any], None]
-Job = Callable[[EngineCore, Emit, threading.Event], Any]
+Job = Callable[["EngineCore", Emit, threading.Event], Any]
 Listener = Callable[[StateEvent], None]
 
 
@@ -73,7 +74,7 @@ class Engine:
     def __init__(self, *, prefill_step_size: int | None = None,
                  max_kv_size: int | None = None,
                  memory_probe: mem.MemoryProbe | None = None,
-                 max_prepared_adapters: int = DEFAULT_MAX_PREPARED) -> None:
+                 max_prepared_adapters: int = 4) -> None:
         self._requests: queue.Queue[_Request | None] = queue.Queue()
         self._pending: list[EventStream[Any]] = []
         self._lock = threading.Lock()
@@ -260,13 +261,18 @@ class Engine:
 
     # -- the engine thread ---------------------------------------------------------------
     def _run(self) -> None:
-        core = EngineCore(*self._core_args)
-        while True:
+        core: EngineCore | None = None  # made at the first request, so an app's first frame
+        while True:                     # does not share the interpreter with its imports
             request = self._requests.get()
             if request is None:
                 break
+            if core is None:
+                from .core import EngineCore
+
+                core = EngineCore(*self._core_args)
             self._serve(core, request)
-        self._shutdown(core)
+        if core is not None:
+            self._shutdown(core)
 
     def _serve(self, core: EngineCore, request: _Request) -> None:
         stream = request.stream
@@ -279,7 +285,8 @@ class Engine:
         except WorkbenchError as exc:
             stream.put(Error(str(exc), kind=exc.kind, details=dict(exc.details)))
         except Exception as exc:  # noqa: BLE001 - the engine must outlive any failure
-            stream.put(Error(f"unexpected {type(exc).__name__}: {first_line(exc)}",
+            text = str(exc).strip().splitlines()
+            stream.put(Error(f"unexpected {type(exc).__name__}: {text[0] if text else ''}",
                              kind="internal"))
         finally:
             with self._lock:

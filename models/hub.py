@@ -34,6 +34,8 @@ from urllib.parse import quote, urlparse
 from engine.errors import DownloadError, ModelNotFound, OfflineError, WorkbenchError
 from engine.memory import fmt_bytes
 
+from .repo_id import looks_like_repo_id, offline
+
 # What mlx-lm itself downloads for a model (mlx_lm.utils.DEFAULT_ALLOW_PATTERNS), minus
 # *.py: the workbench never runs a model's own code.
 ALLOW_PATTERNS = [
@@ -45,7 +47,6 @@ PROGRESS_INTERVAL_S = 0.1
 SPEED_WINDOW_S = 3.0
 RETRIES = 5  # a dropped connection is resumed this many times before giving up
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
@@ -54,14 +55,6 @@ class DownloadCancelled(WorkbenchError):
     """The user stopped the download; what arrived is kept for the next attempt."""
 
     kind = "cancelled"
-
-
-def looks_like_repo_id(text: str) -> bool:
-    return bool(_REPO_ID.match(text)) and not text.startswith((".", "/", "~"))
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,8 @@ from typing import Any
 from engine.errors import WorkbenchError
 from engine.memory import fmt_bytes
 
-from .hub import cached_snapshot, looks_like_repo_id
+from .hub import cached_snapshot
+from .repo_id import looks_like_repo_id
 from .resolve import check_model_folder
 
 BITS = (2, 3, 4, 5, 6, 8)  # what mlx's affine quantization supports

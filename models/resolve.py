@@ -13,24 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import ModelNotFound, NotAModel, OfflineError
-from engine.events import LoadProgress, ModelInfo
+from engine.events import LoadProgress
 
-from .hub import (
-    ALLOW_PATTERNS,
-    DownloadCancelled,
-    DownloadProgress,
-    cached_snapshot,
-    fetch_model,
-    looks_like_repo_id,
-    offline,
-)
+from .repo_id import looks_like_repo_id, offline
 
 Emit = Callable[[Any], None]
 
 __all__ = [
-    "ALLOW_PATTERNS", "DownloadCancelled", "DownloadProgress", "check_model_folder",
-    "display_name", "download", "looks_like_repo_id", "model_info", "offline", "resolve_model",
-    "short_model",
+    "check_model_folder", "display_name", "download", "location_key", "looks_like_repo_id",
+    "offline", "resolve_model", "same_location", "short_model",
 ]
 
 
@@ -65,6 +56,8 @@ def download(repo_id: str, emit: Emit, cancel: threading.Event | None = None) ->
 
     A cached model opens offline and without a round trip to the Hub.
     """
+    from .hub import DownloadProgress, cached_snapshot, fetch_model
+
     cached = cached_snapshot(repo_id)
     if cached is not None:
         return cached
@@ -95,29 +88,6 @@ def resolve_model(spec: str, emit: Emit, cancel: threading.Event | None = None) 
     local = download(spec, emit, cancel)
     check_model_folder(local)
     return local
-
-
-def model_info(name: str, path: Path, model: Any, config: dict[str, Any], weight_bytes: int,
-               load_time_s: float, adapter: str | None) -> ModelInfo:
-    from mlx_lm.utils import compute_bits_per_weight, get_total_parameters
-
-    from .demo import is_demo_model
-
-    text = config.get("text_config")
-    cfg = text if isinstance(text, dict) else config
-    context = cfg.get("max_position_embeddings") or config.get("max_position_embeddings") or 0
-    return ModelInfo(
-        name=name,
-        path=str(path),
-        architecture=str(config.get("model_type", "?")),
-        num_parameters=int(get_total_parameters(model)),
-        bits_per_weight=round(float(compute_bits_per_weight(model)), 2),
-        weight_bytes=weight_bytes,
-        context_length=int(context),
-        load_time_s=round(load_time_s, 3),
-        is_demo=is_demo_model(path),
-        adapter=adapter,
-    )
 
 
 def display_name(spec: str, path: Path) -> str:

@@ -25,18 +25,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine import EngineAPI, EngineCore, EventStream, Notice
 from engine.errors import NoModel
+from engine.events import Notice
 from engine.prompt_cache import common_prefix
-from models.hub import looks_like_repo_id
+from models.repo_id import looks_like_repo_id
 
 from .cache_file import CacheUnusable, load_checked, write_cache
 from .errors import SessionError
 from .fingerprint import model_fingerprint
 from .store import SavedTranscript, SessionStore
 from .transcript import Session
+
+if TYPE_CHECKING:  # the engine's core and streams are only named here, never imported
+    from engine import EngineAPI, EngineCore, EventStream
 
 Emit = Callable[[Any], None]
 

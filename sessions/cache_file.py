@@ -18,13 +18,15 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from engine import EngineCore
 from models.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 from .files import atomic_write_with
 from .fingerprint import model_fingerprint
+
+if TYPE_CHECKING:
+    from engine import EngineCore
 
 CACHE_SCHEMA = 1
 KEY_SCHEMA = "workbench_schema"

@@ -15,7 +15,6 @@ import tomli_w
 
 from engine.errors import BadSetting
 from engine.sampling import SamplingParams
-from sessions.files import atomic_write
 
 from . import paths
 
@@ -134,5 +133,7 @@ def load_config(path: Path | None = None) -> Config:
 
 def save_config(config: Config, path: Path | None = None) -> Path:
     path = path or config.path or paths.config_file()
+    from sessions.files import atomic_write  # its package loads only when a file is written
+
     atomic_write(path, tomli_w.dumps(config.to_toml()).encode("utf-8"))
     return path

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.hub import looks_like_repo_id
+from models.repo_id import looks_like_repo_id
 from models.resolve import location_key
 from sessions.files import atomic_write
 
