@@ -127,15 +127,15 @@ def test_generate_reads_a_piped_prompt(demo_kit):
 
 
 def test_context_error_advice_fits_generate():
-    from engine import Error
+    from engine import EngineError
 
-    event = Error("the conversation is 40 tokens and the context holds 16: start a new "
-                  "conversation (/reset) or shorten it", kind="context",
-                  details={"prompt_tokens": 40, "limit": 16})
-    line = error_line(event, 16)
+    error = EngineError("the conversation is 40 tokens and the context holds 16: start a new "
+                        "conversation (/reset) or shorten it", "context",
+                        prompt_tokens=40, limit=16)
+    line = error_line(error, 16)
     assert "/reset" not in line and "--max-kv-size larger than 16" in line
     assert "shorter prompt" in line and "40 tokens" in line
-    other = Error("something else", kind="no-model")
+    other = EngineError("something else", "no-model")
     assert error_line(other, None) == "something else"
 
 

@@ -5,17 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine import Error, Notice, TokenText, TurnDone, TurnStats
+from engine import EngineError, Notice, TokenText, follow_sync
 
+from .formatting import format_stats
 from .runtime import choose_model_on, demo_label, load_blocking, setup, start_engine
-
-
-def format_stats(stats: TurnStats) -> str:
-    return (f"prompt {stats.prompt_tokens} tok ({stats.reused_tokens} reused, "
-            f"{stats.prefill_tokens} prefilled at {stats.prefill_tps:.1f} tok/s) | "
-            f"first token {stats.ttft_s * 1000:.0f} ms | "
-            f"{stats.generated_tokens} tok at {stats.decode_tps:.1f} tok/s | "
-            f"{stats.finish_reason} | peak {stats.peak_memory / 1e6:.0f} MB")
 
 
 def read_prompt(args: argparse.Namespace) -> str | None:
@@ -26,17 +19,17 @@ def read_prompt(args: argparse.Namespace) -> str | None:
     return args.prompt
 
 
-def error_line(event: Error, max_kv_size: int | None) -> str:
+def error_line(error: EngineError, max_kv_size: int | None) -> str:
     """The one line to print for an engine error, with advice that fits a one-shot command
     (the engine's messages speak to the line-mode chat, e.g. "/reset")."""
-    if event.kind == "context":
-        tokens, limit = event.details.get("prompt_tokens"), event.details.get("limit")
+    if error.kind == "context":
+        tokens, limit = error.details.get("prompt_tokens"), error.details.get("limit")
         size = (f"the prompt is {tokens} tokens and the context holds {limit}"
-                if tokens is not None and limit is not None else event.message.split(":")[0])
+                if tokens is not None and limit is not None else str(error).split(":")[0])
         bigger = (f"a --max-kv-size larger than {max_kv_size}" if max_kv_size
                   else "a model with a longer context")
         return f"{size}: give a shorter prompt (or system prompt), or {bigger}"
-    return event.message
+    return str(error)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -49,34 +42,31 @@ def run_generate(args: argparse.Namespace) -> int:
     system = args.system if args.system is not None else (config.system_prompt or None)
     with start_engine(args, config) as engine:
         choice = choose_model_on(engine, args, config, None if args.quiet else _say)
-        loaded = load_blocking(engine, choice, quiet=args.quiet)
-        if isinstance(loaded, Error):
-            print(f"workbench: {loaded.message}", file=sys.stderr)
-            return 1
+        loaded = load_blocking(engine, choice, quiet=args.quiet)  # EngineError: one line
         if loaded.is_demo and not args.quiet:
             print(f"note: {demo_label(loaded)}", file=sys.stderr)
         messages = [{"role": "system", "content": system}] if system else []
         messages.append({"role": "user", "content": prompt})
-        code = 0
+
+        def write(event: TokenText) -> None:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+
         try:
-            for event in engine.chat(messages, params):
-                if isinstance(event, TokenText):
-                    sys.stdout.write(event.text)
-                    sys.stdout.flush()
-                elif isinstance(event, Notice):
-                    print(f"\nnote: {event.message}", file=sys.stderr)
-                elif isinstance(event, TurnDone):
-                    sys.stdout.write("\n")
-                    if not args.quiet:
-                        print(format_stats(event.stats), file=sys.stderr)
-                elif isinstance(event, Error):
-                    max_kv = getattr(args, "max_kv_size", None) or config.max_kv_size or None
-                    print(f"\nworkbench: {error_line(event, max_kv)}", file=sys.stderr)
-                    code = 1
+            done = follow_sync(engine.chat(messages, params), {
+                TokenText: write,
+                Notice: lambda e: print(f"\nnote: {e.message}", file=sys.stderr)})
+        except EngineError as exc:
+            max_kv = getattr(args, "max_kv_size", None) or config.max_kv_size or None
+            print(f"\nworkbench: {error_line(exc, max_kv)}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             engine.cancel()
-            code = 130
-        return code
+            return 130
+        sys.stdout.write("\n")
+        if not args.quiet:
+            print(format_stats(done.stats), file=sys.stderr)
+        return 0
 
 
 def _say(message: str) -> None:
