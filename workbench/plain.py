@@ -190,6 +190,9 @@ class PlainChat:
             report = submit_autosave(self.engine, self.store, self.session).result_sync()
         except EngineError as exc:
             return str(exc)
+        finally:
+            for notice in self.store.take_notices():  # e.g. the folder was made private
+                self.out.notice(notice)
         self.session.updated = report.transcript.saved_at
         return None
 
