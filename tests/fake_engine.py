@@ -13,13 +13,26 @@ would do is scripted instead::
 
 "Tokens" are words: a reply streams one ``TokenText`` per word (its trailing space
 included), and a prompt is the words of all the messages, so prefix reuse across turns
-counts like the real cache's. Timing stats are derived from the counts (deterministic).
+counts like the real cache's. Timing stats are derived from the counts (deterministic), and
+memory readings from the loaded model's weights and the active cache.
+
+Models: a bare name (``"fake-model"``: no ``/``, not a path) is a scripted model with no
+files. Any other spec is found the way ``Engine.load`` finds it, with the real
+``models.resolve.resolve_model`` (no MLX there): a folder must exist and look like a model,
+a repo id comes from the Hugging Face cache or is downloaded, and their errors are the real
+ones; the "loaded" model then carries that folder's path, name, weight size, context and
+demo mark, while its replies stay scripted.
+
+Adapters: ``list_adapters(dirs, extra_paths)`` lists the configured adapters whose folder is
+in one of ``dirs`` (sorted by name within each), then each of ``extra_paths`` not listed yet,
+as ``discover_adapters`` does; ``use_adapter`` takes any configured adapter by its path.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import queue
 import re
 import threading
@@ -57,6 +70,9 @@ from engine.errors import (
     NoModel,
     WorkbenchError,
 )
+from engine.memory import model_context_length
+from models.demo import is_demo_model
+from models.resolve import display_name, resolve_model
 
 T = TypeVar("T")
 Emit = Callable[[Any], None]
@@ -82,7 +98,9 @@ def fake_adapter(name: str, path: str | None = None, *, reason: str = "", rank: 
                  scale: float = 20.0, fine_tune_type: str = "lora", num_layers: int = 4,
                  **fields: Any) -> AdapterInfo:
     """An ``AdapterInfo`` as ``inspect_adapter`` would give for a folder that does not exist:
-    valid unless ``reason`` says why not. ``path`` defaults to ``/fake/adapters/NAME``."""
+    valid unless ``reason`` says why not. ``path`` defaults to ``/fake/adapters/NAME`` (so
+    ``list_adapters(["/fake/adapters"])`` finds it); ``fields`` override the rest (``layers``:
+    which layers it adapts, for ``LoRA r4 · layers 2-3``)."""
     config = {"fine_tune_type": fine_tune_type, "num_layers": num_layers,
               "lora_parameters": {"rank": rank, "scale": scale, "dropout": 0.0}}
     values: dict[str, Any] = dict(
@@ -153,10 +171,11 @@ class FakeEngine:
         self.load_failures: dict[str, tuple[str, str]] = {}
         for spec in missing:
             self.fail_load(spec)
-        self.is_demo = is_demo  # ModelInfo.is_demo of every model loaded
-        self.context_length = context_length  # the loaded models' context (tokens = words)
+        self.is_demo = is_demo  # ModelInfo.is_demo of the scripted models (a folder: its mark)
+        self.context_length = context_length  # the scripted models' context (tokens = words)
         self.memory_every = memory_every  # a Memory event every N tokens (0 = only at the end)
         self.model_facts = dict(model_facts or {})  # ModelInfo fields to override
+        # The system's side of every reading; weights and KV come from the model and cache.
         self.memory_reading = memory_reading
         self.chats: list[ChatRequest] = []  # every chat request, in order
         self.info: ModelInfo | None = None
@@ -246,9 +265,9 @@ class FakeEngine:
         return self._submit(lambda emit, cancel: fn(self._core, emit, cancel), wrap=True)
 
     def load(self, model: str, adapter: str | None = None) -> EventStream[ModelInfo]:
-        def job(emit: Emit, _cancel: threading.Event) -> ModelLoaded:
+        def job(emit: Emit, cancel: threading.Event) -> ModelLoaded:
             try:
-                return ModelLoaded(self._load(model, adapter, emit))
+                return ModelLoaded(self._load(model, adapter, emit, cancel))
             finally:
                 self.info = None  # a reload of the same model is a change too
                 self._announce(swapped=False)
@@ -278,11 +297,23 @@ class FakeEngine:
 
     def list_adapters(self, dirs: Iterable[str | Path] = (),
                       extra_paths: Iterable[str | Path] = ()) -> EventStream[list[AdapterInfo]]:
-        """The configured adapters (they stand for what ``dirs`` hold), then each of
-        ``extra_paths`` not among them (invalid: no such folder)."""
-        extra = [str(p) for p in extra_paths if self._find(p) is None]
-        return self._submit(lambda _e, _c: [self._check(a.path) for a in self.adapters]
-                            + [self._check(p) for p in extra], wrap=True)
+        """The configured adapters whose folder is in one of ``dirs`` (sorted by name within
+        each, as ``discover_adapters``), then each of ``extra_paths`` not listed yet (one that
+        is not configured: invalid, no such folder). Each folder is listed once."""
+        folders = [str(Path(d).expanduser()) for d in dirs]
+        extras = [str(Path(p).expanduser()) for p in extra_paths]
+
+        def job(_emit: Emit, _cancel: threading.Event) -> list[AdapterInfo]:
+            paths: list[str] = []
+            for folder in folders:
+                inside = [a for a in self.adapters if str(Path(a.path).parent) == folder]
+                paths += [a.path for a in sorted(inside, key=lambda a: Path(a.path).name.lower())]
+            for extra in extras:
+                found = self._find(extra)
+                paths.append(found.path if found is not None else extra)
+            unique = list(dict.fromkeys(str(Path(p)) for p in paths))
+            return [self._check(p) for p in unique]
+        return self._submit(job, wrap=True)
 
     def check_adapter(self, path: str | Path) -> EventStream[AdapterInfo]:
         return self._submit(lambda _e, _c: self._check(path), wrap=True)
@@ -291,7 +322,7 @@ class FakeEngine:
         return self._submit(lambda _e, _c: self._state(), wrap=True)
 
     def memory(self) -> EventStream[MemoryReading]:
-        return self._submit(lambda _e, _c: self.memory_reading, wrap=True)
+        return self._submit(lambda _e, _c: self._reading(), wrap=True)
 
     def reset(self) -> EventStream[None]:
         def job(_emit: Emit, _cancel: threading.Event) -> None:
@@ -346,31 +377,66 @@ class FakeEngine:
                     if stream in self._pending:
                         self._pending.remove(stream)
 
-    def _load(self, spec: str, adapter: str | None, emit: Emit) -> ModelInfo:
+    @staticmethod
+    def scripted(spec: str) -> bool:
+        """Whether ``spec`` names a scripted model (a bare name) rather than a real folder or
+        repo id to resolve."""
+        return bool(spec) and "/" not in spec and "\\" not in spec \
+            and not spec.startswith(("~", "."))
+
+    def _facts(self, spec: str, cancel: threading.Event, emit: Emit) -> dict[str, Any]:
+        """What the "loaded" model says about itself: scripted, or its real folder's."""
+        facts: dict[str, Any] = dict(
+            name=spec, path=f"/fake/models/{spec}", architecture="llama",
+            num_parameters=1_000_000_000, bits_per_weight=4.5, weight_bytes=GB,
+            context_length=self.context_length, load_time_s=0.01, is_demo=self.is_demo)
+        if self.scripted(spec):
+            return facts
+        path = resolve_model(spec, emit, cancel)  # the real errors: no such folder...
+        try:
+            config = json.loads((path / "config.json").read_text())
+        except (OSError, ValueError):
+            config = {}
+        weights = sum(f.stat().st_size for f in path.glob("*.safetensors"))
+        return {**facts, "name": display_name(spec, path), "path": str(path),
+                "architecture": str(config.get("model_type", "?")), "weight_bytes": weights,
+                "context_length": model_context_length(config) or self.context_length,
+                "is_demo": is_demo_model(path)}
+
+    def _load(self, spec: str, adapter: str | None, emit: Emit,
+              cancel: threading.Event) -> ModelInfo:
         emit(LoadProgress("resolve", f"looking for {spec}"))
         if spec in self.load_failures:
             message, kind = self.load_failures[spec]
             raise EngineError(message, kind)
-        if adapter:
-            checked = self._check(adapter, against=False)
-            if not checked.valid:
-                raise AdapterError(checked.reason, path=checked.path)
-        name = Path(spec.rstrip("/")).name or spec
+        facts = self._facts(spec.strip(), cancel, emit)  # a failure keeps the old model
+        name = facts["name"]
         self._model = None
         self._active = self._scale = self._pending_swap = None
         self._prepared, self._caches = [], {}
-        emit(LoadProgress("load", f"loading {name} (fake, 1.0 GB)"))
-        facts: dict[str, Any] = dict(
-            name=name, path=f"/fake/models/{name}", architecture="llama",
-            num_parameters=1_000_000_000, bits_per_weight=4.5, weight_bytes=GB,
-            context_length=self.context_length, load_time_s=0.01, is_demo=self.is_demo)
+        emit(LoadProgress("load", f"loading {Path(facts['path']).name} (fake, "
+                          f"{facts['weight_bytes'] / GB:.1f} GB)"))
         self._model = ModelInfo(**{**facts, **self.model_facts})
         if adapter:
+            # As the real engine: an adapter that cannot be used does not stop the model.
             emit(LoadProgress("load", f"preparing adapter {Path(adapter).name}"))
-            self._activate(adapter, None)
+            try:
+                self._activate(adapter, None)
+            except WorkbenchError as exc:
+                emit(Notice(f"{name} is loaded without the adapter {Path(adapter).name}: "
+                            f"{exc}"))
             self._pending_swap = None
         emit(LoadProgress("ready", f"{name} ready in {self._model.load_time_s:.2f} s"))
         return self._model
+
+    def _reading(self) -> MemoryReading:
+        """A reading as the real engine makes: the loaded weights and the active cache's KV
+        on top of the system's numbers (``memory_reading``)."""
+        base = self.memory_reading
+        weights = self._model.weight_bytes if self._model is not None else 0
+        kv = len(self._caches.get(self._identity(), [])) * KV_BYTES_PER_TOKEN
+        return replace(base, weight_bytes=weights, kv_bytes=kv, mlx_active=weights + kv,
+                       mlx_peak=max(base.mlx_peak, weights + kv))
 
     def _require(self) -> ModelInfo:
         if self._model is None:
@@ -490,7 +556,8 @@ class FakeEngine:
                     pass
                 self.paused.clear()
             if self.memory_every and len(generated) % self.memory_every == 0:
-                emit(Memory(self.memory_reading))
+                self._caches[key] = prompt + [p.strip() for p in generated if p.strip()]
+                emit(Memory(self._reading()))
             if len(generated) >= max_tokens:
                 finish = "context" if cut else "length"
                 break
@@ -508,12 +575,12 @@ class FakeEngine:
             reprefill = max(0, shared - reused)
         context = len(self._caches[key])
         prefilled = total if generated else context - reused
-        emit(Memory(self.memory_reading))
+        emit(Memory(self._reading()))
         return TurnDone("".join(generated), TurnStats(
             prompt_tokens=len(prompt), reused_tokens=reused, prefill_tokens=max(0, prefilled),
             prefill_tps=PREFILL_TPS, ttft_s=round(total / PREFILL_TPS, 6), decode_tps=tps,
             generated_tokens=len(generated), finish_reason=finish,
-            peak_memory=self.memory_reading.mlx_peak, kv_bytes=context * KV_BYTES_PER_TOKEN,
+            peak_memory=self._reading().mlx_peak, kv_bytes=context * KV_BYTES_PER_TOKEN,
             context_tokens=context, adapter=self._active.name if self._active else None,
             scale=self._scale if self._active else None, adapter_identity=key,
             swap_ms=swap_ms, reprefill_tokens=reprefill))

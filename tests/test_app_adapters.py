@@ -1,20 +1,35 @@
-"""Adapters in the app, driven by a Pilot on the llama demo model and its demo adapters.
+"""Adapters in the app, driven by a Pilot.
 
 The Adapters pane lists what it finds (valid or why not), Enter activates, the next reply
 records the adapter that wrote it; a refused adapter is one notification and changes
 nothing; compare answers the last message under two choices and keeps the one picked.
+
+On the scripted fake engine (``fake_adapter_app``: adapters shaped like the demo kit's,
+replies that say which adapter wrote them) except where a real adapter must change what the
+model writes (``real_adapter_app``: the llama demo model and its demo adapters).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-from test_app import SIZE, last_reply, make_app, reply_done, roles, said, send, until
+from test_app import (
+    SIZE,
+    fake_app,
+    last_reply,
+    real_app,
+    reply_done,
+    roles,
+    said,
+    send,
+    sent,
+    until,
+)
 from textual.pilot import Pilot
 from textual.widgets import Button, Select, Static
 
+from tests.fake_engine import FakeEngine, fake_adapter
 from workbench.config import Config, save_config
 from workbench.tui.app import WorkbenchApp
 from workbench.tui.commands import commands
@@ -23,21 +38,43 @@ from workbench.tui.screens.compare import CompareScreen
 from workbench.tui.widgets import AssistantTurn
 
 FULL_MODEL_REASON = "is a full model, not an adapter"
+FAKE_ADAPTERS = "/fake/adapters/llama"  # --adapters DIR of the fake apps
 
 
-def broken_adapters(demo_kit, root: Path) -> Path:
-    """The config's adapters folder, holding one bad adapter: a full fine-tune."""
-    folder = root / "my-adapters"
-    bad = Path(shutil.copytree(demo_kit.adapter("tone-a"), folder / "full-tune"))
-    config = json.loads((bad / "adapter_config.json").read_text())
-    config["fine_tune_type"] = "full"
-    (bad / "adapter_config.json").write_text(json.dumps(config))
-    save_config(Config(adapters_dir=str(folder)))
-    return bad
+def fake_adapters(root: Path | None = None) -> FakeEngine:
+    """A fake engine with adapters like the demo kit's (tone-a, tone-b, tone-d in
+    ``FAKE_ADAPTERS``); with ``root``, also the config's adapters folder ``root/my-adapters``
+    holding a full fine-tune (invalid, with the real inspector's reason). Each reply says
+    which adapter (and scale) wrote it, for which message and how long a conversation."""
+    adapters = [
+        fake_adapter("tone-a", f"{FAKE_ADAPTERS}/tone-a", rank=4, num_layers=2, layers=(2, 3)),
+        fake_adapter("tone-b", f"{FAKE_ADAPTERS}/tone-b", rank=8, num_layers=4),
+        fake_adapter("tone-d", f"{FAKE_ADAPTERS}/tone-d", rank=4, num_layers=3,
+                     layers=(1, 2, 3), fine_tune_type="dora")]
+    if root is not None:
+        folder = root / "my-adapters"
+        adapters.append(fake_adapter("full-tune", str(folder / "full-tune"), reason=(
+            "full-tune is a full model, not an adapter (fine_tune_type full replaces every "
+            "weight, so it cannot be swapped): use it with mlx_lm --adapter-path, or fuse it "
+            "into a model with mlx_lm fuse")))
+        save_config(Config(adapters_dir=str(folder)))
+    fake = FakeEngine(adapters=adapters)
+
+    def reply(messages: list[dict[str, str]]) -> str:
+        state = fake.adapter
+        who = f"{state.name} x{state.scale:g}" if state and state.name else "base"
+        return f"{who} answers {messages[-1]['content']!r} after {len(messages)} messages."
+    fake.reply = reply
+    return fake
 
 
-def adapter_app(demo_kit, **overrides) -> WorkbenchApp:
-    return make_app(demo_kit, adapters=str(demo_kit.adapters("llama")), **overrides)
+def fake_adapter_app(root: Path | None = None, **overrides) -> WorkbenchApp:
+    return fake_app(fake_adapters(root), adapters=FAKE_ADAPTERS, **overrides)
+
+
+def real_adapter_app(demo_kit, **overrides) -> WorkbenchApp:
+    """The real engine, the llama demo model and its demo adapters."""
+    return real_app(demo_kit, adapters=str(demo_kit.adapters("llama")), **overrides)
 
 
 async def adapters_listed(pilot: Pilot, app: WorkbenchApp) -> list[str]:
@@ -68,10 +105,8 @@ def notifications(app: WorkbenchApp) -> list[str]:
     return [n.message for n in app._notifications]
 
 
-async def test_pane_lists_adapters_and_enter_changes_the_next_replys_adapter(
-        demo_kit, tmp_path) -> None:
-    broken_adapters(demo_kit, tmp_path)
-    app = adapter_app(demo_kit)
+async def test_pane_lists_adapters_and_enter_changes_the_next_replys_adapter(tmp_path) -> None:
+    app = fake_adapter_app(tmp_path)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         rows = await adapters_listed(pilot, app)
         heads = [r.split("\n")[0] for r in rows]
@@ -86,6 +121,7 @@ async def test_pane_lists_adapters_and_enter_changes_the_next_replys_adapter(
         base = await reply_done(pilot, app)
         assert base.stats is not None and base.stats.adapter is None
         assert base.border_subtitle == "no adapter"
+        assert base.text.startswith("base answers 'hi'")
 
         # Enter on tone-b: the next reply is written under it, and says so.
         await activate_row(pilot, app, 2)
@@ -100,6 +136,7 @@ async def test_pane_lists_adapters_and_enter_changes_the_next_replys_adapter(
         assert turn.stats is not None and turn.stats.adapter == "tone-b"
         assert turn.stats.scale == 1.0
         assert turn.border_subtitle == "tone-b ×1"
+        assert turn.text.startswith("tone-b x1 answers 'and now?' after 3 messages")
         assert base.border_subtitle == "no adapter"  # the earlier reply keeps its own
         # The throughput pane shows what the swap cost.
         swap = str(app.query_one("#swap-facts", Static).render())
@@ -118,12 +155,11 @@ async def test_pane_lists_adapters_and_enter_changes_the_next_replys_adapter(
         plain = await reply_done(pilot, app)
         assert plain.stats is not None and plain.stats.adapter is None
         assert plain.border_subtitle == "no adapter"
+        assert plain.text.startswith("base answers")
 
 
-async def test_an_invalid_adapter_is_listed_with_its_reason_and_refused(demo_kit,
-                                                                          tmp_path) -> None:
-    broken_adapters(demo_kit, tmp_path)
-    app = adapter_app(demo_kit, adapter=[str(demo_kit.adapter("tone-a"))])
+async def test_an_invalid_adapter_is_listed_with_its_reason_and_refused(tmp_path) -> None:
+    app = fake_adapter_app(tmp_path, adapter=[f"{FAKE_ADAPTERS}/tone-a"])
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         rows = await adapters_listed(pilot, app)
         # --adapter PATH is active from the load; it is listed once.
@@ -145,10 +181,11 @@ async def test_an_invalid_adapter_is_listed_with_its_reason_and_refused(demo_kit
         turn = await reply_done(pilot, app)
         assert said(app)[0] == ("user", "half-written")
         assert turn.stats is not None and turn.stats.adapter == "tone-a"
+        assert turn.text.startswith("tone-a x1 answers 'half-written'")
 
 
-async def test_details_view_and_scale_control(demo_kit) -> None:
-    app = adapter_app(demo_kit)
+async def test_details_view_and_scale_control() -> None:
+    app = fake_adapter_app()
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await adapters_listed(pilot, app)
         # With no adapter active the scale control is off.
@@ -179,6 +216,7 @@ async def test_details_view_and_scale_control(demo_kit) -> None:
         assert turn.stats is not None
         assert (turn.stats.adapter, turn.stats.scale) == ("tone-d", 1.3)
         assert turn.border_subtitle == "tone-d ×1.3"
+        assert turn.text.startswith("tone-d x1.3 answers 'scaled'")
 
 
 async def open_compare(pilot: Pilot, app: WorkbenchApp) -> tuple[CompareScreen, str, str]:
@@ -194,8 +232,10 @@ def compare_turns(screen: CompareScreen) -> list[AssistantTurn]:
     return [t for side in ("a", "b") if (t := screen.turn(side)) is not None]
 
 
+# Real engine: a real adapter changes what the model writes, greedy decoding gives the base
+# model's reply again in compare, and the kept reply's prompt is reused from the real cache.
 async def test_compare_shows_two_replies_and_keeps_the_chosen_one(demo_kit) -> None:
-    app = adapter_app(demo_kit)
+    app = real_adapter_app(demo_kit)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await adapters_listed(pilot, app)
         await send(pilot, "tell me something")
@@ -234,8 +274,8 @@ async def test_compare_shows_two_replies_and_keeps_the_chosen_one(demo_kit) -> N
         assert turn.stats.reused_tokens > 0
 
 
-async def test_closing_compare_keeps_the_reply_and_the_adapter(demo_kit) -> None:
-    app = adapter_app(demo_kit, adapter=[str(demo_kit.adapter("tone-b"))])
+async def test_closing_compare_keeps_the_reply_and_the_adapter() -> None:
+    app = fake_adapter_app(adapter=[f"{FAKE_ADAPTERS}/tone-b"])
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await adapters_listed(pilot, app)
         await pilot.press("f8")
@@ -255,7 +295,10 @@ async def test_closing_compare_keeps_the_reply_and_the_adapter(demo_kit) -> None
         assert left.stats is not None and right.stats is not None
         assert (left.stats.adapter, right.stats.adapter) == ("tone-b", "tone-d")
         assert (left.border_subtitle, right.border_subtitle) == ("tone-b ×1", "tone-d ×1")
+        # Each side answered the conversation up to the last message, under its choice.
         assert left.text == original.text
+        assert right.text == "tone-d x1 answers 'hello' after 1 messages."
+        assert sent(app, -1) == sent(app, -2) == sent(app, 0) == [("user", "hello")]
         await pilot.press("escape")
         await until(pilot, lambda: not isinstance(app.screen, CompareScreen), "the close")
         # The reply and the adapter it was written under stay.

@@ -1,8 +1,13 @@
 """Models in the full-screen app: the first-run welcome, the models screen, switching the
 model mid-conversation, downloading from a (local, fake) Hub, quantizing.
 
-Driven by a Pilot with the demo models; the Hugging Face cache is a temporary folder laid out
-by hand (tests/hub_server.py), and downloads come from the FakeHub on 127.0.0.1.
+Driven by a Pilot with the demo models' folders; the Hugging Face cache is a temporary folder
+laid out by hand (tests/hub_server.py), and downloads come from the FakeHub on 127.0.0.1.
+
+On the scripted fake engine (``fake_app``), which finds folders and repo ids with the real
+``models.resolve`` (so cached, downloaded and missing models are the real ones) but loads no
+weights; on the real engine (``real_app``) where the test is about the loaded weights: the
+memory given back on a switch, a quantization (MLX on the engine thread) and loading it.
 """
 
 from __future__ import annotations
@@ -11,14 +16,24 @@ from pathlib import Path
 
 import pytest
 from hub_server import DEMO_REPO, demo_hub, go_online, place_in_hf_cache
-from test_app import SIZE, reply_done, roles, send, status_text, turns, until
+from test_app import (
+    SIZE,
+    fake_app,
+    real_app,
+    reply_done,
+    roles,
+    send,
+    status_text,
+    turns,
+    until,
+)
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, OptionList, Static
 
 import models.hub
 from workbench import recent, runtime
 from workbench.config import Config, load_config, save_config
-from workbench.tui.app import WorkbenchApp, make_args
+from workbench.tui.app import WorkbenchApp
 from workbench.tui.screens.models import JobPanel, ModelsScreen
 from workbench.tui.screens.welcome import WelcomeScreen
 
@@ -47,12 +62,19 @@ def text_of(widget) -> str:
 
 
 def first_run_app() -> WorkbenchApp:
-    return WorkbenchApp(make_args(temperature=0.0, seed=0, max_tokens=16))
+    """No --model and none configured (the fake engine; the demo is the kit's llama)."""
+    return fake_app(model=None, max_tokens=16)
+
+
+def fake_llama_app(demo_kit) -> WorkbenchApp:
+    """The fake engine, given the llama demo folder: found and described as the real engine
+    would (its path, name, size, demo mark), no weights loaded."""
+    return fake_app(model=str(demo_kit.llama), max_tokens=16)
 
 
 def llama_app(demo_kit) -> WorkbenchApp:
-    return WorkbenchApp(make_args(model=str(demo_kit.llama), temperature=0.0, seed=0,
-                                  max_tokens=16))
+    """The real engine with the llama demo model."""
+    return real_app(demo_kit, max_tokens=16)
 
 
 async def models_screen(pilot: Pilot, app: WorkbenchApp) -> ModelsScreen:
@@ -112,6 +134,10 @@ async def test_first_run_offline_shows_the_welcome_screen_over_the_demo(
         await until(pilot, lambda: app.models.info is not None
                     and app.models.info.name == "demo/qwen3-4bit", "the cached model")
         assert not isinstance(app.screen, WelcomeScreen)
+        assert app.sub_title == "demo/qwen3-4bit"
+        # The banner follows the new model (the kit's 4-bit qwen3 is a demo model too).
+        assert text_of(app.query_one("#banner", Static)).startswith(
+            "demo/qwen3-4bit is the DEMO model")
     assert load_config().model == "demo/qwen3-4bit"
     assert recent.recent_specs()[0] == "demo/qwen3-4bit"
     # Configured now: no welcome screen the next time.
@@ -119,6 +145,7 @@ async def test_first_run_offline_shows_the_welcome_screen_over_the_demo(
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.models.ready, "the configured model")
         assert not isinstance(app.screen, WelcomeScreen)
+        assert app.models.info is not None and app.models.info.name == "demo/qwen3-4bit"
 
 
 async def test_first_run_online_downloads_the_recommended_model(
@@ -139,6 +166,10 @@ async def test_first_run_online_downloads_the_recommended_model(
             await until(pilot, lambda: app.models.info is not None
                         and app.models.info.name == DEMO_REPO, "the download and load")
             assert not isinstance(app.screen, WelcomeScreen)
+            assert Path(app.models.info.path).is_relative_to(hf_cache)  # what was downloaded
+            # Let the engine's ModelChanged be handled before the app exits: handled after it,
+            # ModelController.model_changed fails (NoMatches: the sidebar is gone).
+            await pilot.pause()
     assert (hf_cache / "models--demo--tiny-llama" / "snapshots").is_dir()
     assert load_config().model == DEMO_REPO
 
@@ -146,7 +177,7 @@ async def test_first_run_online_downloads_the_recommended_model(
 async def test_models_screen_lists_the_cache_and_the_folders_recent_first(
         demo_kit, hf_cache) -> None:
     recent.add_model_folder(demo_kit.qwen3)
-    app = llama_app(demo_kit)
+    app = fake_llama_app(demo_kit)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.models.ready, "the model to load")
         screen = await models_screen(pilot, app)
@@ -171,6 +202,7 @@ async def test_models_screen_lists_the_cache_and_the_folders_recent_first(
         assert not isinstance(app.screen, ModelsScreen)
 
 
+# Real engine: the memory the old model gives back, and the new model's own prompt.
 async def test_switching_the_model_keeps_the_conversation(demo_kit, hf_cache) -> None:
     recent.add_model_folder(demo_kit.qwen3)
     app = llama_app(demo_kit)
@@ -213,7 +245,7 @@ async def test_a_download_shows_progress_can_be_cancelled_and_resumes(
     with demo_hub(demo_kit.llama) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         hold = hub.hold(WEIGHTS, after=3 << 20)
-        app = llama_app(demo_kit)
+        app = fake_llama_app(demo_kit)
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: app.models.ready, "the model to load")
             screen = await models_screen(pilot, app)
@@ -254,6 +286,7 @@ async def test_a_download_shows_progress_can_be_cancelled_and_resumes(
         assert resumed.range is not None and resumed.range.startswith("bytes=")
 
 
+# Real engine: the quantization runs MLX on the engine thread, and the new folder loads.
 async def test_quantize_from_the_screen_adds_the_new_folder_to_the_list(
         demo_kit, hf_cache) -> None:
     app = llama_app(demo_kit)

@@ -1,7 +1,11 @@
 """Sessions in the full-screen app: --session, autosave, resume, the sessions screen, export.
 
-Driven by a Pilot on the llama demo model (real engine, greedy decoding, no network); the
-files are read back with the store itself, as a later run of the workbench would.
+Driven by a Pilot; the files are read back with the store itself, as a later run of the
+workbench would. The sessions screen, names, rename, delete, export and the autosave of the
+transcript run on the scripted fake engine (``fake_session_app``: its autosave writes the
+transcript and skips the prompt cache, as with no model). Resuming from a saved prompt cache,
+or reading a transcript again, needs the model: those run on the real engine with the llama
+demo model (``real_session_app``: greedy decoding, no network).
 """
 
 from __future__ import annotations
@@ -10,7 +14,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_app import SIZE, reply_done, said, send, stats_line, turns, until
+from test_app import (
+    FAKE_MODEL,
+    SIZE,
+    fake_app,
+    reply_done,
+    said,
+    send,
+    sent,
+    stats_line,
+    turns,
+    until,
+)
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
@@ -19,7 +34,15 @@ from workbench.tui.app import WorkbenchApp, make_args
 from workbench.tui.screens.sessions import ConfirmScreen, SessionsScreen
 
 
-def start_app(demo_kit, folder: Path, *, model: bool = True, **overrides) -> WorkbenchApp:
+def fake_session_app(folder: Path, **overrides) -> WorkbenchApp:
+    """The fake engine (``--model fake-model``), sessions in ``folder``."""
+    return fake_app(sessions_dir=str(folder), **overrides)
+
+
+def real_session_app(demo_kit, folder: Path, *, model: bool = True, **overrides
+                     ) -> WorkbenchApp:
+    """The real engine with the llama demo model (``model=False``: no --model, so a resumed
+    session's own model is loaded), sessions in ``folder``."""
     if model:
         overrides["model"] = str(demo_kit.llama)
     return WorkbenchApp(make_args(temperature=0.0, seed=0, max_tokens=24,
@@ -77,10 +100,12 @@ def message(screen: SessionsScreen) -> str:
     return str(screen.query_one("#sessions-message", Static).render())
 
 
+# Real engine: the saved prompt cache is reused by a fresh app, which then writes the reply
+# of the uninterrupted run (greedy) with no more prompt read than it needed.
 async def test_session_flag_autosaves_and_a_fresh_app_resumes_it_from_the_cache(
         demo_kit, tmp_path) -> None:
     folder, resumed = tmp_path / "sessions", tmp_path / "resumed"
-    app = start_app(demo_kit, folder, session="work")
+    app = real_session_app(demo_kit, folder, session="work")
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.models.ready, "the model to load")
         assert session_status(app) == "session: work · not saved yet"
@@ -109,7 +134,7 @@ async def test_session_flag_autosaves_and_a_fresh_app_resumes_it_from_the_cache(
         other.acquire("work")
 
     # A fresh app, no --model: the session's model, its conversation, its cache.
-    app = start_app(demo_kit, resumed, model=False, session="work")
+    app = real_session_app(demo_kit, resumed, model=False, session="work")
     async with app.run_test(size=SIZE) as pilot:
         shown = ["hello there", first, "and a second question", second]
         await until(pilot, lambda: [t.text for t in turns(app)] == shown
@@ -138,43 +163,44 @@ async def test_session_flag_autosaves_and_a_fresh_app_resumes_it_from_the_cache(
 
 
 async def test_without_session_flag_each_conversation_is_saved_under_a_new_name(
-        demo_kit, tmp_path) -> None:
+        tmp_path) -> None:
     folder = tmp_path / "sessions"
 
     async def one_conversation(expected: str) -> None:
-        app = start_app(demo_kit, folder)
+        app = fake_session_app(folder)
         async with app.run_test(size=SIZE) as pilot:
             await until(pilot, lambda: app.models.ready, "the model to load")
             assert session_status(app) == ""
             await send(pilot, f"this goes to {expected}")
-            await reply_done(pilot, app)
+            reply = (await reply_done(pilot, app)).text
             await saved(pilot, app)
             assert session_status(app) == f"session: {expected} · saved just now"
             # A new chat is a new session: the saved one is left as it was.
             await pilot.press("ctrl+n")
             await pilot.pause()
             assert session_status(app) == ""
-        assert read(folder, expected).messages[0].content == f"this goes to {expected}"
+        on_disk = read(folder, expected)
+        assert [(m.role, m.content) for m in on_disk.messages] == [
+            ("user", f"this goes to {expected}"), ("assistant", reply)]
 
     await one_conversation("chat")
     await one_conversation("chat-2")
     assert read(folder, "chat").turns == 1
 
 
-async def test_sessions_screen_lists_filters_renames_deletes_and_opens(demo_kit, tmp_path):
+async def test_sessions_screen_lists_filters_renames_deletes_and_opens(tmp_path):
     folder = tmp_path / "sessions"
-    llama = str(demo_kit.llama)
-    seed(folder, "alpha", "about lists", llama, turns=2)
-    seed(folder, "beta", "about dicts", llama)
+    seed(folder, "alpha", "about lists", FAKE_MODEL, turns=2)
+    seed(folder, "beta", "about dicts", FAKE_MODEL)
     seed(folder, "gamma", "about sets", "demo/elsewhere")
     (folder / "broken.toml").write_text("schema = 1\nmessages = 3\n")
-    app = start_app(demo_kit, folder)
+    app = fake_session_app(folder)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.models.ready, "the model to load")
         screen = await sessions_screen(pilot, app)
         assert sorted(names(screen)) == ["alpha", "beta", "broken", "gamma"]
         text = table_text(screen)
-        assert "about lists" in text and "demo/elsewhere" in text and "llama" in text
+        assert "about lists" in text and "demo/elsewhere" in text and FAKE_MODEL in text
         assert "cannot be opened" in text  # the damaged one, with why
         alpha = screen.rows[names(screen).index("alpha")]
         assert alpha.turns == 2 and alpha.size_bytes > 0
@@ -220,27 +246,52 @@ async def test_sessions_screen_lists_filters_renames_deletes_and_opens(demo_kit,
         await until(pilot, lambda: "gamma" not in names(screen), "the delete")
         assert not (folder / "gamma.toml").exists()
 
-        # Open alpha: its conversation replaces the chat, and it is resumed (no cache file:
-        # its transcript is read again, with a notice).
+        # Open alpha: its conversation replaces the chat (how it is resumed on the model:
+        # test_a_session_opened_without_its_cache_is_read_again, on the real engine).
         await highlight(pilot, screen, "alpha")
         await pilot.press("enter")
         await until(pilot, lambda: not isinstance(app.screen, SessionsScreen), "the close")
         shown = ["about lists: question 0", "answer 0", "about lists: question 1", "answer 1"]
         await until(pilot, lambda: [t.text for t in turns(app)] == shown, "alpha's turns")
         assert session_status(app).startswith("session: alpha · saved")
-        await until(pilot, lambda: app.sessions.last_resume is not None, "the resume")
-        assert app.sessions.last_resume is not None and not app.sessions.last_resume.reused
-        assert "missing" in app.sessions.last_resume.reason
         # The next reply continues alpha, and is saved into it.
         await send(pilot, "one more")
-        await reply_done(pilot, app)
+        reply = await reply_done(pilot, app)
+        assert [role for role, _ in sent(app)] == ["user", "assistant"] * 2 + ["user"]
+        assert sent(app)[-1] == ("user", "one more")
+        await saved(pilot, app)
+    on_disk = read(folder, "alpha")
+    assert on_disk.turns == 3 and on_disk.messages[-1].content == reply.text
+
+
+# Real engine: a session without its cache file has its transcript read again by the model.
+async def test_a_session_opened_without_its_cache_is_read_again(demo_kit, tmp_path) -> None:
+    folder = tmp_path / "sessions"
+    seed(folder, "alpha", "about lists", str(demo_kit.llama), turns=2)
+    app = real_session_app(demo_kit, folder)
+    async with app.run_test(size=SIZE, notifications=True) as pilot:
+        await until(pilot, lambda: app.models.ready, "the model to load")
+        screen = await sessions_screen(pilot, app)
+        await highlight(pilot, screen, "alpha")
+        await pilot.press("enter")
+        await until(pilot, lambda: not isinstance(app.screen, SessionsScreen), "the close")
+        await until(pilot, lambda: app.sessions.last_resume is not None, "the resume")
+        report = app.sessions.last_resume
+        assert report is not None and not report.reused and "missing" in report.reason
+        assert report.prefilled_tokens == report.history_tokens > 0
+        assert any("alpha: 2 turns" in n.message for n in app._notifications)
+        # The next message reads only itself: the transcript is in the cache now.
+        await send(pilot, "one more")
+        reply = await reply_done(pilot, app)
+        assert reply.stats is not None
+        assert reply.stats.reused_tokens >= report.history_tokens - 1
         await saved(pilot, app)
     assert read(folder, "alpha").turns == 3
 
 
-async def test_new_session_and_markdown_export(demo_kit, tmp_path) -> None:
+async def test_new_session_and_markdown_export(tmp_path) -> None:
     folder = tmp_path / "sessions"
-    app = start_app(demo_kit, folder)
+    app = fake_session_app(folder)
     async with app.run_test(size=SIZE, notifications=True) as pilot:
         await until(pilot, lambda: app.models.ready, "the model to load")
         await send(pilot, "Tell me about exports")
@@ -299,6 +350,8 @@ async def test_new_session_and_markdown_export(demo_kit, tmp_path) -> None:
         assert not isinstance(app.screen, SessionsScreen)
 
 
+# Real engine: the resume restores the adapter and the prompt cache together (the swap's
+# re-prefill then happens during the resume, not with the next reply).
 async def test_a_resumed_session_shows_its_adapter_and_keeps_a_scale_of_zero(
         demo_kit, tmp_path) -> None:
     """Issue 10, #3 and #14: a scale of 0 is saved as 0; on resume the Adapters pane marks
@@ -306,8 +359,8 @@ async def test_a_resumed_session_shows_its_adapter_and_keeps_a_scale_of_zero(
     re-prefill is known once the next reply is written."""
     folder = tmp_path / "sessions"
     adapters = str(demo_kit.adapters("llama"))
-    app = start_app(demo_kit, folder, session="tuned", adapters=adapters,
-                    adapter=[str(demo_kit.adapter("tone-b"))])
+    app = real_session_app(demo_kit, folder, session="tuned", adapters=adapters,
+                           adapter=[str(demo_kit.adapter("tone-b"))])
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.models.ready and bool(app.adapters.infos),
                     "the model and the adapters")
@@ -321,7 +374,7 @@ async def test_a_resumed_session_shows_its_adapter_and_keeps_a_scale_of_zero(
     on_disk = read(folder, "tuned")
     assert on_disk.adapter_scale == 0.0 and Path(on_disk.adapter).name == "tone-b"
 
-    app = start_app(demo_kit, folder, session="tuned", adapters=adapters)
+    app = real_session_app(demo_kit, folder, session="tuned", adapters=adapters)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.sessions.last_resume is not None, "the resume")
         pane = app.adapters.pane

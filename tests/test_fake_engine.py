@@ -5,6 +5,7 @@ cancel, errors through ``result()``, adapter swaps heard by subscribers, and no 
 from __future__ import annotations
 
 import inspect
+import json
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from engine import (
     LoadProgress,
     Memory,
     ModelChanged,
+    Notice,
     PrefillProgress,
     SamplingParams,
     TokenText,
@@ -32,7 +34,6 @@ from tests.fake_engine import FAKE_MEMORY, FakeCore, FakeEngine, fake_adapter
 ROOT = Path(__file__).resolve().parents[1]
 USER = [{"role": "user", "content": "Say hello to me"}]
 TIMEOUT = 10
-_MLX_AT_START = {m for m in ("mlx.core",) if m in sys.modules}  # imported by other files
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def fake():
     """A fake with two good adapters and a broken one, and a model loaded."""
     eng = FakeEngine(adapters=[fake_adapter("tone-a"), "tone-b",
                                fake_adapter("broken", reason="broken is damaged")])
-    eng.load("models/fake-model").result_sync(TIMEOUT)
+    eng.load("fake-model").result_sync(TIMEOUT)
     yield eng
     eng.close()
 
@@ -70,7 +71,7 @@ def test_fake_has_every_member_of_the_protocol_with_the_same_signature():
 def test_load_streams_stages_then_model_loaded_and_tells_subscribers():
     with FakeEngine(is_demo=True) as fake:
         events = heard(fake)
-        stream = fake.load("some/dir/fake-model")
+        stream = fake.load("fake-model")
         got = list(stream)
         assert [e.stage for e in got if isinstance(e, LoadProgress)] == [
             "resolve", "load", "ready"]
@@ -120,7 +121,6 @@ async def test_a_scripted_reply_streams_word_pieces_and_ends_in_turn_done(fake):
     assert (await fake.chat(history).result()).text == "ONCE MORE"
     await fake.reset().result()
     assert (await fake.chat(history).result()).stats.reused_tokens == 0
-    assert "mlx.core" not in sys.modules or "mlx.core" in _MLX_AT_START
 
 
 def test_cancel_mid_reply_gives_cancelled_drops_queued_and_the_next_turn_works(fake):
@@ -202,14 +202,27 @@ async def test_submit_runs_on_the_fake_thread_with_a_core_that_has_no_model(fake
     with pytest.raises(EngineError) as err:
         await fake.submit(lambda core, _e, _c: core.require()).result()
     assert err.value.kind == "no-model"
-    assert await fake.memory().result() == FAKE_MEMORY
+    # Readings: the system's numbers, with the loaded weights and the active cache's KV.
+    reading = await fake.memory().result()
+    assert reading.system_available == FAKE_MEMORY.system_available
+    assert (reading.weight_bytes, reading.kv_bytes) == (fake.info.weight_bytes, 0)
+    done = await fake.chat(USER).result()
+    after = await fake.memory().result()
+    assert after.kv_bytes == done.stats.kv_bytes > 0
+    assert after.mlx_active == after.weight_bytes + after.kv_bytes
+    await fake.reset().result()
+    assert (await fake.memory().result()).kv_bytes == 0
 
 
 async def test_adapters_list_check_swap_and_subscribers_hear_it(fake):
-    listed = await fake.list_adapters(["/anywhere"], ["/not/here"]).result()
+    listed = await fake.list_adapters(["/fake/adapters", "/elsewhere"], ["/not/here"]).result()
+    # Those in the folders given, by name; then --adapter paths (listed once, even invalid).
     assert [(a.name, a.valid) for a in listed] == [
-        ("tone-a", True), ("tone-b", True), ("broken", False), ("here", False)]
-    assert listed[0].checked_against == "fake-model" and "damaged" in listed[2].reason
+        ("broken", False), ("tone-a", True), ("tone-b", True), ("here", False)]
+    assert listed[1].checked_against == "fake-model" and "damaged" in listed[0].reason
+    again = await fake.list_adapters([], ["/fake/adapters/tone-b", "/fake/adapters/tone-b"]
+                                     ).result()
+    assert [a.name for a in again] == ["tone-b"]
     assert not (await fake.check_adapter("/nope/x").result()).valid
     events = heard(fake)
     state = await fake.use_adapter("/fake/adapters/tone-a", 1.5).result()
@@ -241,11 +254,35 @@ async def test_adapters_list_check_swap_and_subscribers_hear_it(fake):
     assert err.value.kind == "adapter"  # no adapter active: no scale to set
 
 
-def test_load_with_an_adapter_activates_it_or_fails_keeping_the_old_model(fake):
+def test_load_with_an_adapter_activates_it_or_loads_without_it_with_a_notice(fake):
     info = fake.load("other", "/fake/adapters/tone-b").result_sync(TIMEOUT)
     assert info.adapter == "/fake/adapters/tone-b" and fake.adapter.name == "tone-b"
-    final = fake.load("third", "/fake/adapters/broken").wait(TIMEOUT)
-    assert final.kind == "adapter" and fake.info.name == "other"
+    # As Engine.load: an adapter that cannot be used does not stop the model.
+    stream = fake.load("third", "/fake/adapters/broken")
+    notices = [e.message for e in stream if isinstance(e, Notice)]
+    info = stream.result_sync(TIMEOUT)
+    assert info.name == "third" and info.adapter is None and fake.adapter.info is None
+    assert notices == ["third is loaded without the adapter broken: broken is damaged"]
+
+
+def test_a_spec_that_is_not_a_bare_name_is_resolved_as_engine_load_resolves_it(
+        fake, tmp_path):
+    """Folders and repo ids go through the real ``models.resolve`` (no MLX): its errors,
+    and the folder's own facts once found."""
+    with pytest.raises(EngineError, match="no such folder") as err:
+        fake.load(str(tmp_path / "nope")).result_sync(TIMEOUT)
+    assert err.value.kind == "model-not-found" and fake.info.name == "fake-model"
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(
+        {"model_type": "qwen3", "max_position_embeddings": 512, "workbench_demo": {}}))
+    (folder / "model.safetensors").write_bytes(b"\0" * 1000)
+    info = fake.load(str(folder)).result_sync(TIMEOUT)
+    assert (info.name, info.path, info.architecture) == ("tiny", str(folder.resolve()), "qwen3")
+    assert (info.weight_bytes, info.context_length, info.is_demo) == (1000, 512, True)
+    with pytest.raises(EngineError) as err:  # offline, and not in the cache
+        fake.load("nobody/nothing").result_sync(TIMEOUT)
+    assert err.value.kind == "offline" and fake.info.name == "tiny"
 
 
 def test_the_fake_never_imports_mlx():
@@ -256,6 +293,12 @@ def test_the_fake_never_imports_mlx():
             "    f.load('m').result_sync(10)\n"
             "    f.use_adapter('/fake/adapters/a').result_sync(10)\n"
             "    assert f.chat([{'role': 'user', 'content': 'hi'}]).result_sync(10).text\n"
+            "    import json, pathlib, tempfile\n"
+            "    d = pathlib.Path(tempfile.mkdtemp()) / 'tiny'\n"
+            "    d.mkdir()\n"
+            "    (d / 'config.json').write_text(json.dumps({'model_type': 'llama'}))\n"
+            "    (d / 'model.safetensors').write_bytes(b'0')\n"
+            "    assert f.load(str(d)).result_sync(10).name == 'tiny'\n"
             "assert 'mlx.core' not in sys.modules, 'mlx.core imported'\n"
             "assert 'mlx_lm' not in sys.modules, 'mlx_lm imported'\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
