@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from .errors import ModelTooBig
 from .events import MemoryReading
 
@@ -34,6 +32,8 @@ def _device_info() -> dict[str, object]:
 
 def device_total_memory() -> int:
     """What the model can use: Metal's recommended working set, CUDA's memory, else RAM."""
+    import psutil  # ~0.1 s to import: only when memory is read
+
     info = _device_info()
     for key in ("max_recommended_working_set_size", "total_memory", "memory_size"):
         value = info.get(key)
@@ -46,6 +46,8 @@ def system_available_memory() -> int:
     """The system's free memory now, from the OS alone (no MLX): safe on any thread. On
     Apple silicon and on CPU this is what a load can count on; on CUDA the device's free
     memory (``available_memory``, engine thread) is the limit."""
+    import psutil  # ~0.1 s to import: only when memory is read
+
     return int(psutil.virtual_memory().available)
 
 
@@ -56,6 +58,8 @@ def available_memory() -> int:
     On Apple silicon and on CPU, weights live in system memory, so that is what is free.
     On CUDA the device's free memory is the limit.
     """
+    import psutil  # ~0.1 s to import: only when memory is read
+
     info = _device_info()
     free = info.get("free_memory")
     if isinstance(free, int) and free > 0 and sys.platform != "darwin":
@@ -65,6 +69,7 @@ def available_memory() -> int:
 
 def read_memory(weight_bytes: int = 0, kv_bytes: int = 0) -> MemoryReading:
     import mlx.core as mx
+    import psutil  # ~0.1 s to import: only when memory is read
 
     vm = psutil.virtual_memory()
     return MemoryReading(
