@@ -1,25 +1,35 @@
 """Snapshots of the main screen after a reply, the settings and the help screen, in both of
-the workbench's themes (pytest-textual-snapshot; update with ``--snapshot-update``).
+the workbench's themes and at 80x24 (pytest-textual-snapshot; update with
+``--snapshot-update``).
 
-The reply itself is real (greedy decoding on the llama demo model, so it is the same every
-run), but the numbers that depend on the machine and the moment (tokens/s, times, memory)
-are replaced with fixed ones and the meters frozen before each screenshot.
+They run on the scripted fake engine (``tests/fake_engine.py``): the reply is scripted, so
+nothing depends on MLX's numerics, and the numbers that depend on the machine and the
+moment (tokens/s, times, memory, the sparkline) are replaced with fixed ones and the meters
+frozen before each screenshot.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 import pytest
-from test_app import reply_done, send, until
 from textual.pilot import Pilot
 
 from engine import MemoryReading, TurnStats
+from tests.fake_engine import FakeEngine, fake_adapter
 from themes import DARK, LIGHT
 from workbench.tui.app import WorkbenchApp, make_args
 
 SIZE = (130, 42)
+SMALL = (80, 24)
+QUESTION = "What is a list comprehension?"
+REPLY = ("A list comprehension builds a list from an iterable in one expression:\n\n"
+         "```python\nsquares = [x * x for x in range(10)]\n```\n\n"
+         "It reads left to right: the value, the loop, then an optional filter.")
 FIXED_STATS = TurnStats(
     prompt_tokens=29, reused_tokens=0, prefill_tokens=29, prefill_tps=512.0, ttft_s=0.061,
-    decode_tps=243.7, generated_tokens=24, finish_reason="length", peak_memory=16_000_000,
+    decode_tps=243.7, generated_tokens=24, finish_reason="stop", peak_memory=16_000_000,
     kv_bytes=1_200_000, context_tokens=53,
 )
 FIXED_MEMORY = MemoryReading(
@@ -30,9 +40,22 @@ FIXED_MEMORY = MemoryReading(
 FIXED_RATE = [0.0] * 39 + [150.0, 231.0, 244.0, 239.0, 251.0, 246.0, 240.0, 248.0, 0.0]
 
 
-def make_app(demo_kit, theme: str) -> WorkbenchApp:
-    return WorkbenchApp(make_args(model=str(demo_kit.llama), temperature=0.0, seed=0,
-                                  max_tokens=24, theme=theme))
+def make_app(theme: str) -> WorkbenchApp:
+    fake = FakeEngine(replies=[REPLY], memory_reading=FIXED_MEMORY, adapters=[
+        fake_adapter("tone-a", "/fake/adapters/tone-a", rank=4, num_layers=2),
+        fake_adapter("tone-b", "/fake/adapters/tone-b", rank=8, num_layers=2)])
+    return WorkbenchApp(make_args(model="fake-model", adapters="/fake/adapters",
+                                  max_tokens=64, theme=theme), engine=fake)
+
+
+async def until(pilot: Pilot, condition: Callable[[], bool], what: str,
+                timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not condition():
+        if loop.time() > end:
+            raise AssertionError(f"gave up waiting for {what}")
+        await pilot.pause(0.02)
 
 
 async def freeze(pilot: Pilot) -> None:
@@ -65,8 +88,9 @@ async def after_a_reply(pilot: Pilot) -> None:
     app = pilot.app
     assert isinstance(app, WorkbenchApp)
     await loaded(pilot)
-    await send(pilot, "What is a list comprehension?")
-    await reply_done(pilot, app)
+    await pilot.press(*QUESTION, "enter")
+    await until(pilot, lambda: (turn := app.chat_view.last_assistant()) is not None
+                and turn.done and not app.chat.replying, "the reply")
     # The status line says when the session was saved: wait for the autosave to be stable.
     await until(pilot, lambda: app.sessions.saved, "the autosave")
     await freeze(pilot)
@@ -87,15 +111,27 @@ async def help_open(pilot: Pilot) -> None:
 
 
 @pytest.mark.parametrize("theme", [DARK, LIGHT])
-def test_main_screen_after_a_reply(snap_compare, demo_kit, theme: str) -> None:
-    assert snap_compare(make_app(demo_kit, theme), terminal_size=SIZE, run_before=after_a_reply)
+def test_main_screen_after_a_reply(snap_compare, theme: str) -> None:
+    assert snap_compare(make_app(theme), terminal_size=SIZE, run_before=after_a_reply)
 
 
 @pytest.mark.parametrize("theme", [DARK, LIGHT])
-def test_settings_screen(snap_compare, demo_kit, theme: str) -> None:
-    assert snap_compare(make_app(demo_kit, theme), terminal_size=SIZE, run_before=settings_open)
+def test_settings_screen(snap_compare, theme: str) -> None:
+    assert snap_compare(make_app(theme), terminal_size=SIZE, run_before=settings_open)
 
 
 @pytest.mark.parametrize("theme", [DARK, LIGHT])
-def test_help_screen(snap_compare, demo_kit, theme: str) -> None:
-    assert snap_compare(make_app(demo_kit, theme), terminal_size=SIZE, run_before=help_open)
+def test_help_screen(snap_compare, theme: str) -> None:
+    assert snap_compare(make_app(theme), terminal_size=SIZE, run_before=help_open)
+
+
+def test_main_screen_at_80x24(snap_compare) -> None:
+    assert snap_compare(make_app(DARK), terminal_size=SMALL, run_before=after_a_reply)
+
+
+def test_settings_screen_at_80x24(snap_compare) -> None:
+    assert snap_compare(make_app(DARK), terminal_size=SMALL, run_before=settings_open)
+
+
+def test_help_screen_at_80x24(snap_compare) -> None:
+    assert snap_compare(make_app(DARK), terminal_size=SMALL, run_before=help_open)

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from dataclasses import replace
+from dataclasses import replace as with_changes
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from textual import on
+from textual import events, on
 from textual.app import App, ComposeResult, CSSPathType
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import var
-from textual.widgets import Footer, Header
+from textual.widgets import Header
 from textual.worker import Worker, WorkerState
 
 import engine as engine_events
@@ -39,8 +39,10 @@ from .controllers.adapters import AdapterController
 from .controllers.chat import ChatController
 from .controllers.models import ModelController
 from .controllers.sessions import SessionController
+from .layout import NARROW_WIDTH, Layout
 from .state import Status
 from .widgets import Banner, ChatView, PromptBox, Sidebar, StatusLine
+from .widgets.footer import WorkbenchFooter
 
 if TYPE_CHECKING:
     from .widgets.adapters import AdaptersPane, ScaleControl
@@ -48,10 +50,18 @@ if TYPE_CHECKING:
 MEMORY_POLL_S = 2.0  # memory is read this often while the engine is idle
 
 
+# F12 is a priority binding, so that it works in the dialogs too (their bindings hide the
+# app's others); the rest are as the keymap says.
+BINDINGS = [with_changes(b, priority=True) if b.id == "screenshot" else b for b in APP_BINDINGS]
+
+
 class WorkbenchApp(App[int]):
     TITLE = "MLX Workbench"
     CSS_PATH: ClassVar[CSSPathType | None] = [STYLESHEET, "app.tcss"]
-    BINDINGS = APP_BINDINGS  # type: ignore[assignment]
+    BINDINGS = BINDINGS  # type: ignore[assignment]
+    # Every screen gets -narrow/-wide and -short/-tall, for the dialogs' CSS at 80x24.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (NARROW_WIDTH, "-wide")]  # noqa: RUF012
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]  # noqa: RUF012
     COMMANDS = App.COMMANDS | {WorkbenchCommands}
 
     status: var[Status] = var(Status, init=False)
@@ -76,6 +86,7 @@ class WorkbenchApp(App[int]):
             self.chat, self.models)
         self.adapters = AdapterController(self, self.engine, args, config, self.chat,
                                           self.models)
+        self.layout = Layout(self)
         self._unsubscribe: Any = None
         self.keymap, self._startup_problems = check_keymap(config.keys)
         self._startup_problems[:0] = list(config.problems)
@@ -98,7 +109,7 @@ class WorkbenchApp(App[int]):
                 yield PromptBox(id="prompt")
                 yield StatusLine(id="status")
             yield Sidebar(id="sidebar")
-        yield Footer()
+        yield WorkbenchFooter()
 
     def get_theme_variable_defaults(self) -> dict[str, str]:
         return variable_defaults(self.current_theme)
@@ -135,6 +146,7 @@ class WorkbenchApp(App[int]):
             self.notify(problem, title="Config", severity="warning", timeout=12)
         if self.keymap:
             self.set_keymap(self.keymap)
+        self.layout.fit(self.size.width)
         self.prompt.focus()
         self.set_interval(MEMORY_POLL_S, self.poll_memory)
         self.theme_changed_signal.subscribe(self, self._remember_theme)
@@ -142,6 +154,9 @@ class WorkbenchApp(App[int]):
         self.sessions.start()  # --session NAME: its model is the one to load
         self.call_after_refresh(self.adapters.mount)  # not needed for the first frame
         self.models.start()  # the welcome screen on a first run; the load
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.layout.fit(event.size.width)
 
     def _engine_changed(self, event: Any) -> None:
         """On the engine thread: hand the change to the app's thread (post_message is
@@ -194,6 +209,13 @@ class WorkbenchApp(App[int]):
     async def _submitted(self, event: PromptBox.Submitted) -> None:
         await self.chat.send(event.text)
 
+    @on(PromptBox.TypedElsewhere)
+    def _typed_elsewhere(self, event: PromptBox.TypedElsewhere) -> None:
+        """A character typed while the sidebar or the chat had the focus: it is the
+        start of a message, so it goes to the prompt (and the focus with it)."""
+        self.layout.back_to_prompt()
+        self.prompt.insert(event.text)
+
     # The adapters pane's messages, by name (its module is imported after the first frame).
     def on_adapters_pane_chosen(self, event: AdaptersPane.Chosen) -> None:
         self.adapters.choose(event.path, event.name)
@@ -226,7 +248,9 @@ class WorkbenchApp(App[int]):
 
     # -- actions (every binding; the palette runs the same ones) -------------------------
     def action_cancel_reply(self) -> None:
+        """Esc: stop the reply (if one is being written) and go back to the prompt."""
         self.chat.cancel()
+        self.layout.back_to_prompt()
 
     async def action_regenerate(self) -> None:
         await self.chat.regenerate()
@@ -247,6 +271,14 @@ class WorkbenchApp(App[int]):
         self.push_screen(SettingsScreen(conversation.system_prompt, conversation.params),
                          self._apply_settings)
 
+    def action_screenshot(self, filename: str | None = None, path: str | None = None
+                          ) -> None:
+        """F12: an SVG of the screen (a dialog too), in the first folder that exists of
+        Downloads, the data folder and the current folder; a notification says where."""
+        from .screenshot import save
+
+        save(self, filename, path)
+
     def _apply_settings(self, result: Any) -> None:
         if result is None:
             return
@@ -254,7 +286,7 @@ class WorkbenchApp(App[int]):
         conversation.params = result.params
         conversation.system_prompt = result.system_prompt
         if result.save_as_default:
-            self.save_config(replace(self.config, sampling=result.params,
+            self.save_config(with_changes(self.config, sampling=result.params,
                                      system_prompt=result.system_prompt),
                              "sampling and system prompt saved as defaults")
         else:
@@ -270,7 +302,7 @@ class WorkbenchApp(App[int]):
         self.push_screen(HelpScreen(key_rows(self.keymap, display.items())))
 
     def action_toggle_sidebar(self) -> None:
-        self.sidebar.display = not self.sidebar.display
+        self.layout.toggle_sidebar()
 
     def action_sessions(self) -> None:
         self.sessions.open_screen()
@@ -299,7 +331,7 @@ class WorkbenchApp(App[int]):
     def _remember_theme(self, theme: Any) -> None:
         name = getattr(theme, "name", str(theme))
         if name != self.config.theme:
-            self.save_config(replace(self.config, theme=name), f"theme {name} remembered")
+            self.save_config(with_changes(self.config, theme=name), f"theme {name} remembered")
 
     def save_config(self, config: Config, done: str) -> None:
         if self.config.problems:

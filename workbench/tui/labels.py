@@ -6,13 +6,12 @@ turns' borders, compare and the command palette all use it.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from engine import TurnStats
 
-__all__ = ["NO_ADAPTER", "adapter_label", "same_path", "scale_label", "turn_adapter_label"]
+__all__ = ["NO_ADAPTER", "adapter_label", "scale_label", "turn_adapter_label"]
 
 NO_ADAPTER = "No adapter"
 
@@ -29,12 +28,3 @@ def adapter_label(name: str | None, scale: float | None) -> str:
 def turn_adapter_label(stats: TurnStats) -> str:
     """The adapter and scale that produced a reply, for the turn's bottom border."""
     return adapter_label(stats.adapter, stats.scale)
-
-
-def same_path(a: str | None, b: str | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return a == b

@@ -39,7 +39,7 @@ class Status:
             return self.job
         if self.note:
             return self.note
-        return f"ready · {self.model}" if self.model else "no model loaded"
+        return f"ready · {self.model}" if self.model else "no model loaded · F5 models"
 
     @property
     def progress(self) -> Progress | None:

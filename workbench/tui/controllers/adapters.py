@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine import EngineError, Notice, TurnDone, follow
+from models.resolve import same_location
 
-from ..labels import NO_ADAPTER, adapter_label, same_path, turn_adapter_label
+from ..labels import NO_ADAPTER, adapter_label, turn_adapter_label
 from ..messages import TurnFinished
 
 if TYPE_CHECKING:
@@ -68,9 +69,16 @@ class AdapterController:
         return self._swap_facts
 
     async def mount(self) -> None:
-        """Put the pane in the sidebar (after the first frame: it is not needed for it)."""
-        await self.app.sidebar.add_pane(self.pane)
-        await self.app.sidebar.throughput.mount(self.swap_facts)
+        """Put the pane in the sidebar (after the first frame: it is not needed for it).
+        Nothing to do when the app is already closing (quit right after it started)."""
+        from textual.widget import MountError
+
+        sidebar = self.app.sidebar
+        try:
+            await sidebar.add_pane(self.pane)
+            await sidebar.throughput.mount(self.swap_facts)
+        except MountError:  # the app is closing: the sidebar is being taken down
+            return
 
     # -- the list ------------------------------------------------------------------------
     def sources(self) -> tuple[list[str], list[str]]:
@@ -125,7 +133,7 @@ class AdapterController:
                             severity="warning")
             return
         active = self.engine.adapter
-        if same_path(path, active.path if active else None):
+        if same_location(path, active.path if active else None):
             self.app.notify(f"{name or NO_ADAPTER} is already in use.")
             self.app.prompt.focus()
             return
@@ -148,9 +156,11 @@ class AdapterController:
             self.pane.record_active(self.engine.adapter)
             return False
         if not quiet:
+            from ..widgets.adapters import milliseconds
+
             what = (f"Adapter {adapter_label(state.name, state.scale)}" if state.name
                     else "No adapter")
-            self.app.notify(f"{what} from the next reply on (swap {state.swap_ms:.2f} ms).",
+            self.app.notify(f"{what} from the next reply on (swap {milliseconds(state.swap_ms)}).",
                             timeout=4)
         if focus_prompt:
             self.app.prompt.focus()
@@ -177,11 +187,11 @@ class AdapterController:
             self.pane.record_active(self.engine.adapter)
 
     def focus_scale(self) -> None:
-        self.app.sidebar.display = True
+        self.app.layout.show_sidebar()
         self.pane.scale_control.focus()
 
     def focus_list(self) -> None:
-        self.app.sidebar.display = True
+        self.app.layout.show_sidebar()
         self.pane.scroll_visible(animate=False)
         self.pane.option_list.focus(scroll_visible=False)
 
@@ -199,7 +209,7 @@ class AdapterController:
             self.app.notify(str(exc), title="No details", severity="error")
             return
         active = self.engine.adapter
-        scale = active.scale if active and same_path(active.path, info.path) else None
+        scale = active.scale if active and same_location(active.path, info.path) else None
         self.app.push_screen(AdapterDetailsScreen(info, scale), self._details_closed)
 
     def _details_closed(self, path: str | None) -> None:
@@ -228,7 +238,7 @@ class AdapterController:
             if not info.valid:
                 continue
             scale = None
-            if same_path(info.path, active_path) and active is not None:
+            if same_location(info.path, active_path) and active is not None:
                 scale, current, listed = active.scale, len(choices), True
             label_scale = 1.0 if scale is None else scale
             choices.append(Choice(adapter_label(info.name, label_scale), info.path, scale))

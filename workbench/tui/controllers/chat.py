@@ -18,6 +18,8 @@ from ...conversation import Conversation
 from ..messages import ConversationCleared, TurnFinished
 from ..streamer import PacedStreamer
 
+NO_MODEL = "No model is loaded: F5 opens the models screen to choose one."
+
 if TYPE_CHECKING:
     from engine import EngineAPI
     from sessions import Session
@@ -80,8 +82,8 @@ class ChatController:
         turn = await self.app.chat_view.add_assistant(info.name if info else "assistant")
         if info is not None:
             turn.note("reading the prompt…")
-        elif self.models.load_finished:
-            turn.note("no model is loaded: F5 opens the models screen")
+        elif self.models.load_finished and not self.models.switching:
+            turn.note(NO_MODEL)
         else:
             turn.note("waiting for the model to finish loading…")
         self._streaming = True
@@ -93,8 +95,9 @@ class ChatController:
     async def _reply(self, turn: AssistantTurn) -> None:
         """Send the conversation (once the model has loaded) and stream the reply."""
         await self.models.wait_loaded()
-        if self._stop_requested:
-            await self._finish(turn, None)
+        if self._stop_requested or (self.models.info is None and not self.models.switching):
+            # Nothing to send it to (the load failed): say so, not what the engine would.
+            await self._finish(turn, None, "" if self._stop_requested else NO_MODEL)
             return
         app, sidebar = self.app, self.app.sidebar
         stream = self.engine.chat(self.conversation.engine_messages(), self.conversation.params,
@@ -134,7 +137,8 @@ class ChatController:
             app.prompt.cursor_blink = True
         await self._finish(turn, result)
 
-    async def _finish(self, turn: AssistantTurn, result: TurnDone | EngineError | None) -> None:
+    async def _finish(self, turn: AssistantTurn, result: TurnDone | EngineError | None,
+                      why: str = "") -> None:
         app = self.app
         self._streaming = False
         app.sidebar.throughput.streaming = False
@@ -150,6 +154,8 @@ class ChatController:
         if isinstance(result, EngineError):
             why = f"Not sent: {result}"
             app.notify(str(result), title="Not sent", severity="error", timeout=12)
+        elif why:
+            app.notify(why, title="Not sent", severity="warning", timeout=10)
         else:
             why = "Stopped before the reply began."
         await turn.finish(error=why)

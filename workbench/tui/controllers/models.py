@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import EngineError, LoadProgress, Notice, follow
+from models.resolve import same_location
 
 from ... import recent, runtime
 from ..messages import LoadFinished
@@ -42,14 +43,9 @@ def model_spec(info: ModelInfo) -> str:
     return info.path
 
 
-def same_model(spec: str, path: str, name: str) -> bool:
-    """Whether ``spec`` (a repo id or folder) names the model loaded from ``path``."""
-    if spec == name:
-        return True
-    try:
-        return recent.normalize_spec(spec) == recent.normalize_spec(path)
-    except OSError:
-        return False
+def names(spec: str, info: ModelInfo) -> bool:
+    """Whether ``spec`` (a repo id or folder) names the loaded model ``info``."""
+    return spec == info.name or same_location(spec, info.path)
 
 
 class ModelController:
@@ -68,6 +64,11 @@ class ModelController:
     @property
     def ready(self) -> bool:
         return self.info is not None
+
+    @property
+    def switching(self) -> bool:
+        """A load asked for after the first one is running."""
+        return self._switching
 
     @property
     def load_finished(self) -> bool:
@@ -143,7 +144,9 @@ class ModelController:
         self.info = None
         app.update_status(load="", load_progress=None, model="")
         app.banner.add_class("-error")
-        app.banner.show(f"The model could not be loaded: {message}")
+        why = message.rstrip(".")
+        app.banner.show(f"The model could not be loaded: {why}. No model is loaded: F5 opens "
+                        "the models screen to choose one.")
         app.sidebar.model.record_info(None, "not loaded")
         app.post_message(LoadFinished(None, message))
 
@@ -155,7 +158,7 @@ class ModelController:
             self.app.notify(f"Could not remember {info.name} as recently used: {exc}",
                             severity="warning")
         chosen = self._welcome_choice
-        if chosen is not None and same_model(chosen, info.path, info.name):
+        if chosen is not None and names(chosen, info):
             self._welcome_choice = None
             if not self.app.config.model:
                 self.app.save_config(replace(self.app.config, model=chosen),

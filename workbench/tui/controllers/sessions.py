@@ -28,7 +28,7 @@ from engine import EngineError
 from engine.errors import WorkbenchError
 from sessions import Session, SessionStore, check_name, submit_autosave
 
-from .models import model_spec, same_model
+from .models import model_spec, names
 from .resume import export_to, resume, saved_words
 
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ class SessionController:
         """Load the session's model if another one is loaded, then restore its cache."""
         await self.models.wait_loaded()
         want, have = session.model, self.models.info
-        other = want and (have is None or not same_model(want, have.path, have.name))
+        other = want and (have is None or not names(want, have))
         if other and not await self.models.switch(want, quiet=True):
             self.app.notify(f"The session's model {want} could not be loaded: the "
                             "conversation continues with the model loaded now.",

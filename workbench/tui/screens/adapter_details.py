@@ -16,7 +16,7 @@ from rich.table import Table
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
@@ -72,17 +72,19 @@ class AdapterDetailsScreen(ModalScreen[str | None]):
                 verdict = f"Active now, at {scale_label(self.active_scale)} its trained scale."
         else:
             verdict = f"Cannot be used: {info.reason}"
-        with VerticalScroll(id="adapter-details", classes="dialog"):
+        # The facts scroll; the title and the buttons stay (a small terminal shows both).
+        with Vertical(id="adapter-details", classes="dialog"):
             yield Label(f"Adapter {info.name}", classes="dialog-title")
-            yield Static(verdict, id="adapter-verdict", markup=False,
-                         classes="" if info.valid else "-error")
-            for note in info.notes:
-                yield Static(f"Note: {note}", classes="adapter-note", markup=False)
-            yield Static(table, id="adapter-facts")
-            yield Label("adapter_config.json", classes="section")
-            config = (json.dumps(info.config, indent=2, sort_keys=True, default=str)
-                      if info.config else "(not readable)")
-            yield Static(config, id="adapter-config", markup=False)
+            with VerticalScroll(id="adapter-details-body"):
+                yield Static(verdict, id="adapter-verdict", markup=False,
+                             classes="" if info.valid else "-error")
+                for note in info.notes:
+                    yield Static(f"Note: {note}", classes="adapter-note", markup=False)
+                yield Static(table, id="adapter-facts")
+                yield Label("adapter_config.json", classes="section")
+                config = (json.dumps(info.config, indent=2, sort_keys=True, default=str)
+                          if info.config else "(not readable)")
+                yield Static(config, id="adapter-config", markup=False)
             with Horizontal(id="adapter-details-buttons"):
                 yield Button("Use this adapter", id="use-adapter", variant="primary",
                              compact=True,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from textual import on, work
@@ -26,6 +25,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 
 from engine.memory import fmt_bytes, gb
+from models.resolve import same_location
 
 from ...keymap import MODELS_BINDINGS
 from ..controllers.jobs import JOB_REPAINT_S, Job
@@ -96,6 +96,8 @@ class JobPanel(Vertical):
         self.set_class(job.state in ("failed", "cancelled"), "-failed")
         self.query_one(".job-cancel", Button).display = job.running
         bar = self.bar
+        # A job that failed or was cancelled keeps its line (why), not a half-full bar.
+        self.query_one(".job-row").display = job.state in ("running", "done")
         if job.state == "done":
             bar.update(total=max(total, 1), progress=max(total, 1))
         elif total:
@@ -135,13 +137,6 @@ def entry_details(entry: ModelEntry, loaded: bool) -> str:
             f"{gb(entry.available_bytes)} free")
     state = "loaded now · " if loaded else ""
     return f"{state}{entry.architecture}, {quant} · {need} · {entry.path}"
-
-
-def same_folder(a: str | Path, b: str | Path) -> bool:
-    try:
-        return Path(a).resolve() == Path(b).resolve()
-    except OSError:
-        return False
 
 
 class ModelsScreen(ModalScreen[str | None]):
@@ -207,7 +202,7 @@ class ModelsScreen(ModalScreen[str | None]):
 
     def _loaded(self, entry: ModelEntry) -> bool:
         info = self.host.model_info
-        return info is not None and same_folder(entry.path, info.path)
+        return info is not None and same_location(entry.path, info.path)
 
     def _fill(self) -> None:
         from models.catalog import filter_models

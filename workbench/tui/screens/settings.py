@@ -76,7 +76,7 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
                 yield Button("Cancel", id="cancel", compact=True)
 
     def on_mount(self) -> None:
-        self.query_one("#field-temperature", Input).focus()
+        self.query_one("#system-prompt", TextArea).focus()
 
     # -- validation ----------------------------------------------------------------------
     def _check(self, name: str) -> tuple[Any, str | None]:

@@ -1,6 +1,6 @@
 """The workbench's widgets: chat turns, the prompt box, the sidebar's live panes."""
 
-from .chat import AssistantTurn, ChatView, UserTurn, format_turn_stats
+from .chat import AssistantTurn, ChatView, UserTurn
 from .meters import Gauge, MemoryPane, ModelPane, ThroughputPane
 from .prompt import PromptBox
 from .sidebar import Sidebar
@@ -8,5 +8,5 @@ from .status import Banner, StatusLine
 
 __all__ = [
     "AssistantTurn", "Banner", "ChatView", "Gauge", "MemoryPane", "ModelPane", "PromptBox",
-    "Sidebar", "StatusLine", "ThroughputPane", "UserTurn", "format_turn_stats",
+    "Sidebar", "StatusLine", "ThroughputPane", "UserTurn",
 ]

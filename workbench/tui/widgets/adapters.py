@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.app import ComposeResult
@@ -22,9 +23,11 @@ from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
 from engine.memory import fmt_bytes
+from models.resolve import same_location
 
+from ...formatting import seconds
 from ...keymap import ADAPTER_LIST_BINDINGS, SCALE_BINDINGS
-from ..labels import NO_ADAPTER, adapter_label, same_path, scale_label, turn_adapter_label
+from ..labels import NO_ADAPTER, adapter_label, scale_label, turn_adapter_label
 from .meters import Gauge, Pane, facts
 
 if TYPE_CHECKING:
@@ -195,7 +198,7 @@ class AdaptersPane(Pane):
 
     def is_active(self, info: AdapterInfo | None) -> bool:
         active_path = self.active.path if self.active is not None else None
-        return same_path(info.path if info else None, active_path)
+        return same_location(info.path if info else None, active_path)
 
     def rows(self) -> list[tuple[str | None, str]]:
         """(path, name) of each row, "No adapter" first: what Enter on that row activates."""
@@ -203,7 +206,9 @@ class AdaptersPane(Pane):
 
     # -- painting -------------------------------------------------------------------------
     def _prompt(self, info: AdapterInfo | None) -> Text:
-        style = self.get_component_rich_style
+        def style(name: str) -> Style:  # colours only: the list's row background shows
+            return self.get_component_rich_style(name, partial=True)
+
         active = self.is_active(info)
         mark = "●" if active else ("✗" if info is not None and not info.valid else "○")
         text = Text(no_wrap=False, overflow="fold")
@@ -234,7 +239,7 @@ class AdaptersPane(Pane):
                                for n, i in enumerate(self.infos))])
         if keep is None:
             active = next((n for n, (path, _) in enumerate(self.rows())
-                           if same_path(path, self.active.path if self.active else None)), 0)
+                           if same_location(path, self.active.path if self.active else None)), 0)
             keep = active
         options.highlighted = min(keep, options.option_count - 1)
         note = self.status
@@ -258,6 +263,11 @@ class AdaptersPane(Pane):
             self.notify("No adapter: replies come from the base model alone.")
             return
         self.post_message(self.DetailsWanted(self.infos[event.index - 1]))
+
+
+def milliseconds(ms: float) -> str:
+    """A swap's latency: ``0.42 ms`` (swaps are quick), ``1.3 s`` over a second."""
+    return f"{ms:.2f} ms" if ms < 1000 else seconds(ms / 1000)
 
 
 class SwapFacts(Static):
@@ -305,6 +315,6 @@ class SwapFacts(Static):
         if self.swap_ms is None:
             swap, again = "–", "–"
         else:
-            swap = f"{self.swap_ms:.2f} ms → {self.target}"
+            swap = f"{milliseconds(self.swap_ms)} → {self.target}"
             again = "next reply" if self.reprefill is None else f"{self.reprefill} tok"
         self.update(facts([("last swap", swap), ("re-prefill", again)]), layout=False)

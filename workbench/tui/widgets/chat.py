@@ -16,9 +16,12 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
+
+from ...formatting import turn_summary
 
 if TYPE_CHECKING:
     from textual.widgets import Markdown
@@ -34,24 +37,6 @@ _CONTROLS = {c: 0x2400 + c for c in range(0x20) if c not in (0x09, 0x0A)} | {0x7
 def visible(text: str) -> str:
     """``text`` with control characters made harmless and visible."""
     return text.translate(_CONTROLS)
-
-
-def format_turn_stats(stats: TurnStats) -> str:
-    """The quiet line under a reply: tokens, decode rate, time to first token, finish."""
-    finish = {
-        "stop": "done",
-        "length": "stopped at max tokens",
-        "context": "stopped: the context is full",
-        "cancelled": "cancelled",
-    }.get(stats.finish_reason, stats.finish_reason)
-    parts = [f"{stats.generated_tokens} tokens"]
-    if stats.generated_tokens:
-        parts.append(f"{stats.decode_tps:.1f} tok/s")
-        parts.append(f"first token {stats.ttft_s * 1000:.0f} ms")
-    if stats.reused_tokens:
-        parts.append(f"{stats.reused_tokens} prompt tokens from cache")
-    parts.append(finish)
-    return " · ".join(parts)
 
 
 class UserTurn(Static):
@@ -140,7 +125,7 @@ class AssistantTurn(Vertical):
         self.stats = stats
         self.cancelled = stats.finish_reason == "cancelled"
         self.set_class(self.cancelled, "-cancelled")
-        self.note(format_turn_stats(stats))
+        self.note(turn_summary(stats))
 
     async def show_text(self, text: str) -> None:
         """Show a whole reply at once (a restored conversation)."""
@@ -164,6 +149,11 @@ class ChatView(VerticalScroll):
 
     def on_mount(self) -> None:
         self.anchor()
+
+    def on_key(self, event: events.Key) -> None:
+        from .prompt import redirect_typing
+
+        redirect_typing(self, event)  # typing while the chat has the focus: a message
 
     def _show_hint(self) -> None:
         self.query_one("#empty-hint").display = not self.turns()

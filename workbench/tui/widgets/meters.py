@@ -19,7 +19,9 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Digits, Label, Sparkline, Static
 
-from engine.memory import gb
+from engine.memory import fmt_bytes, gb
+
+from ...formatting import seconds
 
 if TYPE_CHECKING:
     from engine import MemoryReading, ModelInfo, TurnStats
@@ -74,6 +76,8 @@ class Gauge(Widget):
         bar = max(0, width - len(label) - len(value) - 1)
         frac = min(max(self.value / self.total, 0.0), 1.0) if self.total > 0 else 0.0
         half_cells = round(frac * bar * 2)
+        if frac > 0 and bar:
+            half_cells = max(half_cells, 1)  # something there shows, however small
         full, half = divmod(half_cells, 2)
         fill = "━" * full + ("╸" if half else "")
         empty = "━" * (bar - len(fill))
@@ -188,7 +192,7 @@ class ThroughputPane(Pane):
         else:
             gauge.set(0, 0, "–")
         lines = [
-            ("first token", "–" if self.ttft_s is None else f"{self.ttft_s * 1000:.0f} ms"),
+            ("first token", "–" if self.ttft_s is None else seconds(self.ttft_s)),
             ("prefill", "–" if self.prefill_tps is None else f"{self.prefill_tps:.0f} tok/s"),
             ("generated", f"{self.generated} tok"),
             ("cache reuse", "–" if self.reused_tokens is None or self.prompt_tokens is None
@@ -232,10 +236,9 @@ class MemoryPane(Pane):
         if r is None:
             return
         total = r.device_total or r.system_total
-        self.query_one("#mem-active", Gauge).set(r.mlx_active, total, gb(r.mlx_active))
-        self.query_one("#mem-peak", Gauge).set(r.mlx_peak, total, gb(r.mlx_peak))
-        self.query_one("#mem-weights", Gauge).set(r.weight_bytes, total, gb(r.weight_bytes))
-        self.query_one("#mem-kv", Gauge).set(r.kv_bytes, total, gb(r.kv_bytes))
+        for name, value in (("active", r.mlx_active), ("peak", r.mlx_peak),
+                            ("weights", r.weight_bytes), ("kv", r.kv_bytes)):
+            self.query_one(f"#mem-{name}", Gauge).set(value, total, share(value, total))
         used = r.system_total - r.system_available
         self.query_one("#mem-system", Gauge).set(
             r.system_available, r.system_total, f"{gb(r.system_available)} free",
@@ -244,6 +247,20 @@ class MemoryPane(Pane):
                                                        "-high")
         kind = "system" if total == r.system_total else "device"
         self.border_subtitle = f"bars: share of {gb(total)} {kind}"
+
+
+def amount(n: float) -> str:
+    """Memory for the gauges: 1.2 GB, 340 MB, and KB or bytes below a megabyte."""
+    return gb(n) if n >= 1e6 else fmt_bytes(n)
+
+
+def share(n: float, total: float) -> str:
+    """A gauge's value: the amount and its share of ``total`` (``<1%`` for a small model,
+    whose bars would otherwise all look empty)."""
+    if not total or n <= 0:
+        return amount(n)
+    percent = 100 * n / total
+    return f"{amount(n)} {'<1' if percent < 1 else f'{percent:.0f}'}%"
 
 
 class ModelPane(Pane):

@@ -4,17 +4,52 @@ Enter is left to the ``send`` binding (so the config can remap it) instead of in
 newline; Ctrl+J (or Shift+Enter where the terminal reports it) inserts one. Up and Down
 recall earlier messages only while the box is empty or shows an unedited earlier message,
 so they still move the cursor inside a message being written.
+
+A paste is cleaned first (``clean_paste``): terminal escape sequences copied along with some
+text (colours from a log, a cursor move) are dropped, and any other control character is
+shown as its visible picture, so a paste can never scramble the box. A printable key typed
+while the sidebar or the chat has the focus is not lost either: ``redirect_typing`` turns it
+into ``TypedElsewhere`` and the app puts it (and the focus) in the prompt.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from textual import events
 from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import TextArea
 
 from ...keymap import PROMPT_BINDINGS
+from .chat import visible
+
+# ESC sequences: CSI (colours, cursor moves), OSC (titles, links; ended by BEL or ESC \),
+# DCS/SOS/PM/APC strings, and two-character escapes. 8-bit CSI (0x9b) too.
+_ESCAPES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[PX^_][^\x1b]*(?:\x1b\\)?"
+    r"|\x1b[ -/]*[0-~]?")
+
+
+def clean_paste(text: str) -> str:
+    """``text`` without terminal escape sequences; other controls made visible."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return visible(_ESCAPES.sub("", text)).replace("\x85", "\u2424")
+
+
+def redirect_typing(widget: Widget, event: events.Key) -> None:
+    """Call from the ``on_key`` of a container whose controls take no text: a printable key
+    that none of them binds becomes ``TypedElsewhere`` (the app sends it to the prompt)."""
+    if not (event.is_printable and event.character):
+        return
+    if event.key in widget.screen.active_bindings:
+        return  # a key the focused control (or the app) uses, e.g. d for details
+    event.stop()
+    event.prevent_default()
+    widget.post_message(PromptBox.TypedElsewhere(event.character))
 
 
 class PromptBox(TextArea):
@@ -30,6 +65,12 @@ class PromptBox(TextArea):
         @property
         def control(self) -> PromptBox:
             return self.prompt_box
+
+    @dataclass
+    class TypedElsewhere(Message):
+        """``text`` was typed while a widget that takes no text had the focus."""
+
+        text: str
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, soft_wrap=True, tab_behavior="focus", show_line_numbers=False,
@@ -49,6 +90,13 @@ class PromptBox(TextArea):
         """Replace the contents and put the cursor at the end."""
         self.load_text(text)
         self.move_cursor(self.document.end)
+
+    async def _on_paste(self, event: events.Paste) -> None:
+        cleaned = clean_paste(event.text)
+        if cleaned != event.text:
+            event.prevent_default()  # TextArea's own handler would insert the raw text
+            event.stop()
+            await super()._on_paste(events.Paste(cleaned))
 
     async def _on_key(self, event: events.Key) -> None:
         # Textual calls TextArea's own _on_key after this one unless the default is prevented.

@@ -6,11 +6,13 @@ Other features add panes of their own (the adapters issue adds an Adapters pane)
 
 from __future__ import annotations
 
+from textual import events
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widget import Widget
 
 from .meters import MemoryPane, ModelPane, Pane, ThroughputPane
+from .prompt import redirect_typing
 
 IDLE_REPAINT_S = 0.1
 
@@ -22,6 +24,9 @@ class Sidebar(VerticalScroll):
 
     def on_mount(self) -> None:
         self.set_interval(IDLE_REPAINT_S, self._idle_tick)
+
+    def on_key(self, event: events.Key) -> None:
+        redirect_typing(self, event)  # the panes' controls take no text: it is a message
 
     def _idle_tick(self) -> None:
         if not self.paced:
