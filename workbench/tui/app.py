@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 from dataclasses import replace as with_changes
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -21,6 +22,7 @@ from textual import events, on
 from textual.app import App, ComposeResult, CSSPathType
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.reactive import var
 from textual.widgets import Header
 from textual.worker import Worker, WorkerState
@@ -176,14 +178,17 @@ class WorkbenchApp(App[int]):
         await asyncio.to_thread(self.engine.close)
 
     # -- what the controllers and the engine say -----------------------------------------
+    # The engine's messages can arrive while the app is closing (the screen already gone).
     @on(messages.ModelChanged)
     def _model_changed(self, event: messages.ModelChanged) -> None:
-        self.models.model_changed(event.info)
+        with contextlib.suppress(NoMatches):
+            self.models.model_changed(event.info)
 
     @on(messages.AdapterChanged)
     def _adapter_changed(self, event: messages.AdapterChanged) -> None:
-        self.adapters.changed(event.state, event.swapped)
-        self.models.adapter_changed(event.state)
+        with contextlib.suppress(NoMatches):
+            self.adapters.changed(event.state, event.swapped)
+            self.models.adapter_changed(event.state)
 
     @on(messages.LoadFinished)
     def _load_finished(self, event: messages.LoadFinished) -> None:
@@ -236,7 +241,7 @@ class WorkbenchApp(App[int]):
     # -- memory, when idle ---------------------------------------------------------------
     def poll_memory(self) -> None:
         if not self.engine.busy and not self.chat.meters_frozen:
-            self.run_worker(self._read_memory(), group="memory", exclusive=True,
+            self.run_worker(self._read_memory, group="memory", exclusive=True,
                             exit_on_error=False, description="read memory")
 
     async def _read_memory(self) -> None:

@@ -79,20 +79,27 @@ async def resume(app: WorkbenchApp, engine: EngineAPI, store: SessionStore, sess
     return report
 
 
-def export_to(session: Session, target: str, default: Path) -> tuple[Path | None, str]:
-    """Write ``session`` as Markdown to ``target`` (a file or a folder; empty: ``default``).
+def export_to(store: SessionStore, session: Session, target: str, default: Path
+              ) -> tuple[Path | None, str]:
+    """Write ``session`` as Markdown to ``target`` (a file or a folder; empty: ``default``,
+    NAME.md in the sessions folder, which is rewritten). Through ``sessions.export``'s
+    checks: never a session's own file, never a file of the user's overwritten, 0600.
     Returns the path written, or None, and one line saying so."""
     from sessions import export_markdown
-    from sessions.files import atomic_write
+    from sessions.errors import ExportRefused
+    from sessions.export import write_export
 
     path = Path(target).expanduser() if target.strip() else default
     if path.is_dir():
         path = path / default.name
     path = path.absolute()
-    if path.exists() and path.suffix.lower() not in (".md", ".markdown"):
-        return None, f"{path} exists and is not a Markdown file: choose a name ending in .md"
+    ours = path == default.absolute()  # the workbench's own export file
     try:
-        atomic_write(path, export_markdown(session).encode("utf-8"))
+        write_export(store, export_markdown(session), path, force=ours)
+    except ExportRefused as exc:
+        if path.exists() and not ours and not store.is_session_file(path):
+            return None, f"Not exported: {path} exists; choose another file name"
+        return None, f"Not exported: {exc}"
     except OSError as exc:
         return None, f"Not exported: {path} cannot be written ({exc.strerror or exc})"
     return path, f"Exported {session.name} to {path}"

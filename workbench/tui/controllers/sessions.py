@@ -383,9 +383,9 @@ class SessionController:
         """Write the open session as Markdown to ``target`` (a file or a folder; empty: the
         sessions folder). Returns the path written, or None, and one line saying so."""
         default = self.default_export_path()
-        if self.session is None or default is None:
+        if self.session is None or self.store is None or default is None:
             return None, "Nothing to export yet: the conversation has no reply."
-        return export_to(self.session, target, default)
+        return export_to(self.store, self.session, target, default)
 
     def export(self) -> None:
         """Export the open session to NAME.md in the sessions folder, and say where."""
