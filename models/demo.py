@@ -6,7 +6,11 @@ byte-level BPE tokenizer trained with ``tokenizers`` on Python's own help text
 (``pydoc_data.topics``), random weights for a llama- or qwen3-shaped model, a ChatML chat
 template, a 4-bit quantized copy, and LoRA/DoRA adapters in mlx-lm's adapter format.
 
-The weights are random: the model writes fluent-looking nonsense. The UI says so.
+Those weights are random: they write fluent-looking nonsense (the tests' greedy-parity
+models). The kit also holds the demo *chat* model the app opens on, ``demo-chat``: a tiny
+llama trained on a few dozen answers with two LoRA adapters (pirate, brief), made by
+``python -m models.demo_recipe`` and shipped in ``models/demo_assets``; ``build_demo`` only
+copies it (no training at start).
 """
 
 from __future__ import annotations
@@ -24,18 +28,10 @@ from typing import Any
 
 from engine.errors import WorkbenchError
 
-DEMO_VERSION = 1
+from .demo_tokenizer import EOS_TOKEN_ID, write_tokenizer
+
+DEMO_VERSION = 3
 """Bumped whenever the kit's output changes, so a cached demo folder is rebuilt."""
-
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-EOS_TOKEN = "<|im_end|>"
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
-
 
 @dataclass(frozen=True)
 class DemoSpec:
@@ -119,6 +115,11 @@ ADAPTERS = (
                 keys=("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"), seed=13),
 )
 
+CHAT_ASSETS = Path(__file__).resolve().parent / "demo_assets"
+CHAT_MODEL = "demo-chat"
+"""The shipped demo chat model (``CHAT_ASSETS / CHAT_MODEL``) and its adapters
+(``CHAT_ASSETS / "adapters"``), as ``python -m models.demo_recipe`` writes them."""
+
 Progress = Callable[[str], None]
 
 
@@ -129,39 +130,8 @@ def _corpus() -> list[str]:
     return [topics.topics[k] for k in sorted(topics.topics)]
 
 
-def build_tokenizer(vocab_size: int = 1024) -> Any:
-    """Train a byte-level BPE tokenizer, deterministically, in well under a second."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    return tok
-
-
 def _write_tokenizer(path: Path, vocab_size: int) -> int:
-    tok = build_tokenizer(vocab_size)
-    tok.save(str(path / "tokenizer.json"))
-    tokenizer_config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "chat_template": CHAT_TEMPLATE,
-        "eos_token": EOS_TOKEN,
-        "pad_token": "<|endoftext|>",
-        "bos_token": None,
-        "model_max_length": 4096,
-        "clean_up_tokenization_spaces": False,
-    }
-    (path / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2))
-    special = {"eos_token": EOS_TOKEN, "pad_token": "<|endoftext|>"}
-    (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
-    return int(tok.get_vocab_size())
+    return write_tokenizer(path, _corpus(), vocab_size)
 
 
 STAMP_FILE = "DEMO_STAMP"
@@ -219,7 +189,7 @@ def build_model(path: str | Path, spec: DemoSpec = LLAMA) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     vocab = _write_tokenizer(path, spec.vocab_size)
     config = spec.config(vocab)
-    config["eos_token_id"] = SPECIAL_TOKENS.index(EOS_TOKEN)
+    config["eos_token_id"] = EOS_TOKEN_ID
     model_cls, args_cls = _get_classes(config)
     mx.random.seed(spec.seed)
     model = model_cls(args_cls.from_dict(config))
@@ -286,7 +256,9 @@ def build_adapter(model_path: str | Path, path: str | Path, spec: AdapterSpec) -
         "fine_tune_type": spec.fine_tune_type,
         "num_layers": spec.num_layers,
         "lora_parameters": lora_parameters,
-        "model": str(model_path),
+        # The model's name, not the folder it was built in (a temporary one for the kit,
+        # which no longer exists once the kit is in place): the details view shows it.
+        "model": Path(model_path).name,
         "workbench_demo": {"version": DEMO_VERSION, "seed": spec.seed},
     }
     (path / "adapter_config.json").write_text(json.dumps(config, indent=2))
@@ -323,16 +295,42 @@ class DemoKit:
         return self.adapters(model) / name
 
     @property
+    def chat(self) -> Path:
+        """The trained demo chat model: readable replies, the one the app opens on."""
+        return self.root / CHAT_MODEL
+
+    @property
+    def chat_adapters(self) -> Path:
+        """The folder of the chat model's adapters (pirate, brief)."""
+        return self.adapters(CHAT_MODEL)
+
+    @property
     def default_model(self) -> Path:
-        return self.llama
+        return self.chat
+
+
+def install_chat(root: Path) -> None:
+    """Copy the shipped demo chat model and its adapters into the kit at ``root``."""
+    shutil.copytree(CHAT_ASSETS / CHAT_MODEL, root / CHAT_MODEL)
+    target = DemoKit(root).chat_adapters
+    shipped = CHAT_ASSETS / "adapters"
+    for adapter in sorted(shipped.iterdir()) if shipped.is_dir() else []:
+        if adapter.is_dir():
+            shutil.copytree(adapter, target / adapter.name)
 
 
 def _stamp(root: Path) -> str:
-    return hashlib.sha256(f"workbench-demo-v{DEMO_VERSION}".encode()).hexdigest()[:16]
+    # The shipped chat model's manifest too: new weights in a release replace an old kit.
+    try:
+        shipped = (CHAT_ASSETS / "RECIPE.json").read_bytes()
+    except OSError:
+        shipped = b""
+    return hashlib.sha256(f"workbench-demo-v{DEMO_VERSION}".encode() + shipped).hexdigest()[:16]
 
 
 def build_demo(root: str | Path, progress: Progress | None = None) -> DemoKit:
-    """Build the whole kit (both models, 4-bit twins, adapters) into ``root``.
+    """Build the whole kit (both models, 4-bit twins, adapters, and a copy of the shipped
+    chat model with its adapters) into ``root``.
 
     Written to a temporary folder beside ``root`` and renamed into place, so an interrupted
     build never leaves a half-made kit that looks whole. ``root`` must be new, empty or an
@@ -352,6 +350,8 @@ def build_demo(root: str | Path, progress: Progress | None = None) -> DemoKit:
             quantize(tmp / spec.name, tmp / f"{spec.name}-4bit", bits=4)
             for adapter in ADAPTERS:
                 build_adapter(tmp / spec.name, kit.adapter(adapter.name, spec.name), adapter)
+        say("installing the demo chat model")
+        install_chat(tmp)
         (tmp / STAMP_FILE).write_text(_stamp(root))
         check_kit_folder(root)  # again: it may have changed during the build
         if root.exists():

@@ -9,9 +9,9 @@ import pytest
 from engine import (
     Engine,
     Error,
-    MemoryReading,
     LoadProgress,
     Memory,
+    MemoryReading,
     ModelLoaded,
     Notice,
     PrefillProgress,

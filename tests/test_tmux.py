@@ -66,13 +66,14 @@ def test_workbench_demo_in_tmux(tmp_path: Path) -> None:
     try:
         # The window is up at once; the demo model is built and loaded behind it.
         tmux.wait_for(lambda s: "MLX Workbench" in s, "the first frame", timeout=60)
-        screen = tmux.wait_for(lambda s: "ready · llama" in s, "the demo model to load")
-        assert "DEMO model: random weights" in screen
+        # Whichever demo model it is (its name and words are the demo kit's business).
+        screen = tmux.wait_for(lambda s: "ready · " in s, "the demo model to load")
+        assert "is the DEMO model" in screen
         tmux("send-keys", "-t", "wb", "-l", "hello from tmux")
         tmux("send-keys", "-t", "wb", "Enter")
-        screen = tmux.wait_for(lambda s: "32 tokens ·" in s and "tok/s" in s, "the reply")
+        screen = tmux.wait_for(lambda s: " tokens ·" in s and "tok/s" in s, "the reply")
         assert "hello from tmux" in screen
-        assert "stopped at max tokens" in screen
+        assert "stopped at max tokens" in screen or "· done" in screen
         tmux("send-keys", "-t", "wb", "C-q")
         end = time.monotonic() + 30
         while not exit_file.exists() and time.monotonic() < end:

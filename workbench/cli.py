@@ -44,7 +44,8 @@ def _model_flags(required: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--max-kv-size", type=int, default=None, metavar="N",
                    help="cap the context at N tokens (default: the model's)")
     g.add_argument("--demo", action="store_true",
-                   help="use the built-in demo model (random weights, no download)")
+                   help="use the built-in demo model (tiny, trained on a few dozen answers; "
+                        "no download)")
     return p
 
 
@@ -117,8 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sessions", action="store_true", help="also measure session resume")
 
     d = sub.add_parser("demo-model", help="write the demo models and adapters to a folder",
-                       description="Build the demo kit (llama and qwen3 with random weights, "
-                                   "4-bit twins, LoRA/DoRA adapters) offline. "
+                       description="Build the demo kit offline: the chat demo (a tiny model "
+                                   "trained by models/demo_recipe.py, with pirate and brief "
+                                   "adapters) plus llama and qwen3 with random weights, their "
+                                   "4-bit twins and LoRA/DoRA adapters (for tests and "
+                                   "benchmarks). "
                                    "Example: workbench demo-model ./demo")
     d.add_argument("path", help="folder to write: new, empty, or an earlier demo kit (which "
                                 "is replaced); any other folder is refused")

@@ -30,7 +30,14 @@ from sessions import Session, SessionStore, check_name, submit_autosave, submit_
 from .conversation import Conversation
 from .formatting import format_stats
 from .plain_io import Output, interactive_lines, piped_lines
-from .runtime import choose_model_on, demo_label, load_blocking, setup, start_engine
+from .runtime import (
+    choose_model_on,
+    demo_adapters,
+    demo_label,
+    load_blocking,
+    setup,
+    start_engine,
+)
 
 
 @dataclass
@@ -304,8 +311,10 @@ def run_plain(args: argparse.Namespace) -> int:
         if loaded.is_demo:
             out.notice(demo_label(loaded))
         session.model = choice.spec
-        adapter_dirs = [d for d in (args.adapters, str(config.adapters_path())) if d]
-        chat = PlainChat(engine, out, params, session, store, adapter_dirs, args.adapter)
+        adapter_dirs = [d for d in (args.adapters, str(config.adapters_path()),
+                                    demo_adapters(loaded)) if d]
+        chat = PlainChat(engine, out, params, session, store, adapter_dirs,
+                         [choice.adapter] if choice.adapter else [])
         chat.default_sessions_dir = sessions_dir
         if store is not None:
             try:

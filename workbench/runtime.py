@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from engine import Engine, EngineAPI, LoadProgress, ModelInfo, SamplingParams, follow_sync
-from models.demo import ensure_demo
 
 from . import paths
 from .config import Config, load_config
@@ -24,8 +23,22 @@ class ModelChoice:
     adapter: str | None = None
 
 
+def demo_adapters(info: ModelInfo | None) -> str | None:
+    """The folder of the demo model's own adapters (pirate, brief) while a demo model is
+    loaded, to list beside --adapters and the config's folder; else None."""
+    if info is None or not info.is_demo:
+        return None
+    from models.demo import DemoKit
+
+    path = Path(info.path)
+    folder = DemoKit(path.parent).adapters(path.name)  # the kit keeps them by model name
+    return str(folder) if folder.is_dir() else None
+
+
 def demo_model_path(progress: Callable[[str], None] | None = None) -> Path:
     """The demo model, built into the user cache folder the first time it is asked for."""
+    from models.demo import ensure_demo
+
     return ensure_demo(paths.demo_dir(), progress).default_model
 
 
@@ -35,7 +48,13 @@ def choose_model(args: argparse.Namespace, config: Config,
     adapter = adapters[-1] if adapters else None
     model = getattr(args, "model", None)
     if getattr(args, "demo", False) or not (model or config.model):
-        return ModelChoice(str(demo_model_path(progress)), True, adapter)
+        from models.demo import DemoKit
+
+        path = demo_model_path(progress)
+        folder = DemoKit(path.parent).adapters(path.name)  # the kit keeps them by model name
+        if adapter and not Path(adapter).expanduser().exists() and (folder / adapter).is_dir():
+            adapter = str(folder / adapter)  # `--demo --adapter pirate`
+        return ModelChoice(str(path), True, adapter)
     return ModelChoice(model or config.model, False, adapter)
 
 
@@ -76,8 +95,14 @@ def load_blocking(engine: EngineAPI, choice: ModelChoice, quiet: bool = False) -
 
 
 def demo_label(info: ModelInfo) -> str:
-    return (f"{info.name} is the DEMO model: random weights, it writes nonsense. "
-            "Choose a real one with --model (a folder or a Hugging Face repo id).")
+    from models.demo import CHAT_MODEL
+
+    if Path(info.path).name != CHAT_MODEL:  # the kit's random models (tests, benchmarks)
+        return (f"{info.name} is the DEMO model: random weights, it writes nonsense. "
+                "Choose a real one with --model (a folder or a Hugging Face repo id).")
+    return (f"{info.name} is the DEMO model: a tiny model trained on a few dozen answers, for "
+            "trying the workbench (try its pirate and brief adapters). For real answers "
+            "choose a real model with --model (a folder or a Hugging Face repo id) or F5.")
 
 
 def setup(args: argparse.Namespace) -> tuple[Config, SamplingParams]:

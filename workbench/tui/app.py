@@ -241,8 +241,10 @@ class WorkbenchApp(App[int]):
     # -- memory, when idle ---------------------------------------------------------------
     def poll_memory(self) -> None:
         if not self.engine.busy and not self.chat.meters_frozen:
-            self.run_worker(self._read_memory, group="memory", exclusive=True,
-                            exit_on_error=False, description="read memory")
+            # The function, not a coroutine made now: one the app never starts (it is
+            # closing) would be left unawaited.
+            self.run_worker(self._read_memory, group="memory",  # type: ignore[arg-type]
+                            exclusive=True, exit_on_error=False, description="read memory")
 
     async def _read_memory(self) -> None:
         try:

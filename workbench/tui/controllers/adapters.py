@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from engine import EngineError, Notice, TurnDone, follow
 from models.resolve import same_location
 
+from ... import runtime
 from ..labels import NO_ADAPTER, adapter_label, turn_adapter_label
 from ..messages import TurnFinished
 
@@ -92,7 +93,13 @@ class AdapterController:
         config_dir = self.config.adapters_path()
         if self.config.adapters_dir or config_dir.is_dir():
             dirs.append(str(config_dir))
-        return dirs, [str(p) for p in getattr(self.args, "adapter", None) or []]
+        demo = runtime.demo_adapters(self.models.info)  # while the demo model is loaded
+        if demo:
+            dirs.append(demo)
+        # ``--adapter NAME`` in demo mode names a demo adapter: it is listed from its folder.
+        paths = [str(p) for p in getattr(self.args, "adapter", None) or []
+                 if not demo or Path(p).expanduser().exists()]
+        return dirs, paths
 
     def refresh(self) -> None:
         self.app.run_worker(self._refresh(), group="adapters", exclusive=True,

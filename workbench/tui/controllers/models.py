@@ -182,8 +182,9 @@ class ModelController:
     # -- the welcome and models screens --------------------------------------------------
     def _welcome_done(self, choice: WelcomeChoice | None) -> None:
         if choice is None or choice.kind == "demo" or not choice.spec:
-            self.app.notify("Trying the DEMO model (it writes nonsense). F5 opens the models "
-                            "screen to get a real one.", timeout=8)
+            self.app.notify("Trying the DEMO model (it knows a few dozen answers; try "
+                            "\"Hello\" or its pirate adapter, F4). F5 opens the models screen "
+                            "to get a real one.", timeout=8)
             return
         self._welcome_choice = choice.spec
         self.load_spec(choice.spec)

@@ -29,9 +29,9 @@ from models.hub import offline
 
 from .models import FIT_WORDS, JOB_REPAINT_S, Job, JobHost, JobPanel
 
-INTRO = ("No model is set up yet. The DEMO model (random weights: it writes nonsense) is "
-         "loading behind this window so that you can try the app at once. To chat for real, "
-         "get a model:")
+INTRO = ("No model is set up yet. The DEMO model (a tiny model trained on a few dozen answers, "
+         "with a pirate and a brief adapter) is loading behind this window so that you can try "
+         "the app at once. To chat for real, get a model:")
 
 
 @dataclass(frozen=True)

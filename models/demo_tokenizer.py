@@ -1,0 +1,56 @@
+"""The demo models' tokenizer: a byte-level BPE trained with ``tokenizers`` on given text, in
+well under a second, deterministically, with a ChatML chat template. Shared by the random
+demo kit (models/demo.py) and the trained chat demo's recipe (models/demo_recipe.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+EOS_TOKEN = "<|im_end|>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+EOS_TOKEN_ID = SPECIAL_TOKENS.index(EOS_TOKEN)
+
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Any:
+    """Train a byte-level BPE tokenizer on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def write_tokenizer(path: Path, texts: Iterable[str], vocab_size: int = 1024,
+                    max_length: int = 4096) -> int:
+    """Write ``tokenizer.json`` and the configs ``mlx_lm.load`` needs into the model folder
+    ``path``; returns the vocabulary size. ``PreTrainedTokenizerFast`` is named, or
+    transformers would pick a model-specific class and the token ids would change."""
+    tok = build_tokenizer(texts, vocab_size)
+    tok.save(str(path / "tokenizer.json"))
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": CHAT_TEMPLATE,
+        "eos_token": EOS_TOKEN,
+        "pad_token": "<|endoftext|>",
+        "bos_token": None,
+        "model_max_length": max_length,
+        "clean_up_tokenization_spaces": False,
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    special = {"eos_token": EOS_TOKEN, "pad_token": "<|endoftext|>"}
+    (path / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    return int(tok.get_vocab_size())
