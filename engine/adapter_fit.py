@@ -127,7 +127,7 @@ def check_against_model(info: AdapterInfo, model: Any, model_path: str,
 def _check_tensors_fit(info: AdapterInfo, model: Any, label: str) -> None:
     from mlx.utils import tree_flatten
 
-    from .adapters import read_tensor_specs
+    from .adapter_tensors import read_tensor_specs
 
     specs = read_tensor_specs(Path(info.path))
     targets = target_modules(model, info)

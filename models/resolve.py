@@ -1,7 +1,8 @@
 """Find a model (local folder or Hugging Face repo id), download it with progress, load it.
 
 ``resolve_model`` never imports mlx-lm; ``load_model`` does, and runs on the engine thread.
-The transfer itself (progress, cancel, resume) lives in ``models.hub``.
+The transfer itself (progress, cancel, resume) lives in ``models.hub`` and
+``models.hub_transfer``.
 """
 
 from __future__ import annotations

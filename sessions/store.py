@@ -14,40 +14,29 @@ may use it. Its rules:
 - a session of a newer schema is refused and never overwritten;
 - writing takes a per-session lock, held until ``release``/``close``: a second process
   (or a second store) that wants to write the same session is told it is in use.
+
+The folder checks and the locks live in ``sessions.locks``.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import functools
 import os
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
 
 from .errors import (
     BadSession,
     SessionError,
     SessionExists,
-    SessionFolderUnusable,
     SessionInUse,
     SessionNotFound,
     SessionTooNew,
-    UnsafeLock,
 )
-from .files import (
-    FileLock,
-    LockBusy,
-    LockRefused,
-    UnsafeFolder,
-    atomic_write,
-    private_dir,
-    temp_files,
-)
+from .files import atomic_write
+from .locks import SessionLocks, serialized
 from .names import MAX_NAME, check_name, sanitize_name
 from .transcript import Session, now, parse_session
 
@@ -90,57 +79,14 @@ class SavedTranscript:
     set_aside: Path | None = None  # a damaged file found in the way, kept under this name
 
 
-_Method = TypeVar("_Method", bound=Callable[..., Any])
-
-
-def _serialized(method: _Method) -> _Method:
-    """Run the method under the store's mutex (the UI lists while the engine thread saves)."""
-
-    @functools.wraps(method)
-    def wrapper(self: SessionStore, *args: Any, **kwargs: Any) -> Any:
-        with self._mutex:
-            return method(self, *args, **kwargs)
-
-    return cast(_Method, wrapper)
-
-
-class SessionStore:
+class SessionStore(SessionLocks):
     """The sessions in one folder. Use as a context manager to release its locks."""
 
+    LOCKED = (TRANSCRIPT, CACHE)
+
     def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder).expanduser()
-        self._locks: dict[str, FileLock] = {}
+        super().__init__(folder)
         self._seen: dict[str, tuple[int, int, int]] = {}  # name -> stat of our last read/write
-        self._mutex = threading.RLock()
-        self.notices: builtins.list[str] = []  # one-line notices about the folder, not yet shown
-
-    def take_notices(self) -> builtins.list[str]:
-        """Notices gathered since the last call (e.g. the folder was made private)."""
-        notices, self.notices = self.notices, []
-        return notices
-
-    def check_folder(self) -> None:
-        """Raise ``SessionFolderUnusable`` when a file (or anything but a folder) is where
-        the sessions folder should be, or a file is in its path."""
-        folder = self.folder
-        for part in (folder, *folder.parents):
-            if part.exists():
-                if not part.is_dir():
-                    what = (f"the sessions folder {folder} is a file" if part == folder
-                            else f"the sessions folder {folder} is inside {part}, a file")
-                    raise SessionFolderUnusable(
-                        f"{what}, not a folder: move the file away, or give another folder "
-                        "with --sessions-dir (or sessions_dir in the config)")
-                return
-
-    def _private_folder(self) -> None:
-        self.check_folder()
-        try:
-            notice = private_dir(self.folder)
-        except UnsafeFolder as exc:
-            raise SessionFolderUnusable(str(exc)) from None
-        if notice:
-            self.notices.append(notice)
 
     # -- paths ---------------------------------------------------------------------------
     def transcript_path(self, name: str) -> Path:
@@ -175,52 +121,6 @@ class SessionStore:
                     or ".toml.damaged-" in name:
                 return True
         return False
-
-    # -- locks ---------------------------------------------------------------------------
-    @_serialized
-    def acquire(self, name: str) -> None:
-        """Take the write lock of ``name`` (a no-op if this store holds it already)."""
-        check_name(name)
-        lock = self._locks.get(name)
-        if lock is not None and lock.held:
-            return
-        self._private_folder()
-        lock = FileLock(self.folder / f".{name}.lock")
-        try:
-            lock.acquire()
-        except LockRefused as refused:
-            raise UnsafeLock(f"session {name!r} is not opened for writing: {refused}") from None
-        except LockBusy as busy:
-            pid = str(busy.args[0]) if busy.args else ""
-            where = ("elsewhere in this workbench" if pid == str(os.getpid())
-                     else f"in another workbench (process {pid})" if pid
-                     else "in another workbench")
-            raise SessionInUse(f"session {name!r} is open {where}: close it there first, or "
-                               "save this conversation under another name") from None
-        self._locks[name] = lock
-        for stem in (f"{name}{TRANSCRIPT}", f"{name}{CACHE}"):  # left by a killed writer
-            for tmp in temp_files(self.folder, stem):
-                tmp.unlink(missing_ok=True)
-
-    def holds(self, name: str) -> bool:
-        lock = self._locks.get(name)
-        return lock is not None and lock.held
-
-    @_serialized
-    def release(self, name: str) -> None:
-        lock = self._locks.pop(name, None)
-        if lock is not None:
-            lock.release()
-
-    def close(self) -> None:
-        for name in list(self._locks):
-            self.release(name)
-
-    def __enter__(self) -> SessionStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- reading -------------------------------------------------------------------------
     def open(self, name: str, *, lock: bool = False) -> Session:
@@ -322,7 +222,7 @@ class SessionStore:
                               s.created, s.updated, toml_bytes, cache_bytes)
 
     # -- writing -------------------------------------------------------------------------
-    @_serialized
+    @serialized
     def save(self, session: Session) -> SavedTranscript:
         """Write the transcript atomically (taking the session's lock if needed).
 
@@ -361,7 +261,7 @@ class SessionStore:
             return aside
         return None
 
-    @_serialized
+    @serialized
     def delete(self, name: str) -> builtins.list[Path]:
         """Remove the session's transcript and caches; returns what was removed."""
         path = self.transcript_path(name)
@@ -381,7 +281,7 @@ class SessionStore:
             self.release(name)
         return removed
 
-    @_serialized
+    @serialized
     def rename(self, old: str, new: str) -> None:
         """Rename a session (transcript and caches). The title is left as it is."""
         check_name(new)

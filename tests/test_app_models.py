@@ -30,7 +30,7 @@ from test_app import (
 from textual.pilot import Pilot
 from textual.widgets import Button, DataTable, Input, OptionList, Static
 
-import models.hub
+import models.hub_transfer
 from workbench import recent, runtime
 from workbench.config import Config, load_config, save_config
 from workbench.tui.app import WorkbenchApp
@@ -241,7 +241,7 @@ async def test_a_download_shows_progress_can_be_cancelled_and_resumes(
         demo_kit, hf_cache, monkeypatch) -> None:
     go_online(monkeypatch)
     # Report every MiB (the default 10 Hz limit could hide the progress before the hold).
-    monkeypatch.setattr(models.hub, "PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setattr(models.hub_transfer, "PROGRESS_INTERVAL_S", 0.0)
     with demo_hub(demo_kit.llama) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
         hold = hub.hold(WEIGHTS, after=3 << 20)

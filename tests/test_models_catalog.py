@@ -14,7 +14,8 @@ import pytest
 from hub_server import place_in_hf_cache
 
 from engine import ModelLoaded
-from models.catalog import describe_model, filter_models, scan_models
+from models.catalog import filter_models, scan_models
+from models.model_facts import describe_model
 from workbench import recent
 
 BIG = 1 << 40  # "plenty of memory free"

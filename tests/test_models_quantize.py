@@ -8,7 +8,8 @@ import pytest
 from safetensors.numpy import load_file
 
 from engine import Error, ModelLoaded, Result, SamplingParams, TurnDone
-from models.catalog import describe_model, scan_models
+from models.catalog import scan_models
+from models.model_facts import describe_model
 from models.quantize import (
     QuantizeError,
     QuantizeProgress,

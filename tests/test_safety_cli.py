@@ -14,7 +14,8 @@ import huggingface_hub.constants as hf_constants
 import pytest
 
 from engine import Engine, ModelLoaded
-from models.catalog import describe_model, scan_models
+from models.catalog import scan_models
+from models.model_facts import describe_model
 from workbench.cli import main
 from workbench.generate import error_line, read_prompt
 
