@@ -64,6 +64,7 @@ def run_generate(args: argparse.Namespace) -> int:
             engine.cancel()
             return 130
         sys.stdout.write("\n")
+        sys.stdout.flush()  # the reply ends before the stats line on stderr begins
         if not args.quiet:
             print(format_stats(done.stats), file=sys.stderr)
         return 0
