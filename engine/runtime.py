@@ -12,29 +12,25 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import queue
 import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import memory as mem
-from .errors import WorkbenchError
 from .events import (
     AdapterChanged,
-    Error,
     MemoryReading,
     ModelChanged,
     ModelInfo,
     ModelLoaded,
-    Result,
     StateEvent,
     TurnDone,
 )
+from .requests import RequestThread
 from .sampling import SamplingParams
 from .stream import EventStream
 
@@ -50,13 +46,6 @@ Job = Callable[["EngineCore", Emit, threading.Event], Any]
 Listener = Callable[[StateEvent], None]
 
 
-@dataclass
-class _Request:
-    job: Job
-    stream: EventStream[Any]
-    wrap: bool  # the job returns a plain value, to be sent as Result(value)
-
-
 _live_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
@@ -66,7 +55,7 @@ def _close_all() -> None:
         engine.close()
 
 
-class Engine:
+class Engine(RequestThread):
     """The handle other threads hold. Every method returns at once; results arrive as events."""
 
     _ids = itertools.count(1)
@@ -75,19 +64,16 @@ class Engine:
                  max_kv_size: int | None = None,
                  memory_probe: mem.MemoryProbe | None = None,
                  max_prepared_adapters: int = 4) -> None:
-        self._requests: queue.Queue[_Request | None] = queue.Queue()
-        self._pending: list[EventStream[Any]] = []
-        self._lock = threading.Lock()
         self._listeners: list[Listener] = []
-        self._closed = False
         self.info: ModelInfo | None = None  # the loaded model, readable from any thread
         # The active adapter (info None = base model) once a model is loaded; any thread.
         self.adapter: AdapterState | None = None
         self._core_args = (prefill_step_size, max_kv_size,
                            memory_probe or mem.available_memory, max_prepared_adapters)
-        self._thread = threading.Thread(target=self._run, name=f"mlx-engine-{next(self._ids)}",
-                                        daemon=True)
-        self._thread.start()
+        # Made at the first request, on the engine thread, so that an app's first frame
+        # does not share the interpreter with the core's imports.
+        self._core: EngineCore | None = None
+        super().__init__(f"mlx-engine-{next(self._ids)}")
         _live_engines.add(self)
 
     # -- listeners -----------------------------------------------------------------------
@@ -117,15 +103,17 @@ class Engine:
                 pass
 
     # -- requests ------------------------------------------------------------------------
-    def _submit(self, job: Job, wrap: bool) -> EventStream[Any]:
-        stream: EventStream[Any] = EventStream()
-        if self._closed:
-            stream.put(Error("the engine has shut down", kind="closed"))
-            return stream
-        with self._lock:
-            self._pending.append(stream)
-        self._requests.put(_Request(job, stream, wrap))
-        return stream
+    def _submit_core(self, job: Job, wrap: bool) -> EventStream[Any]:
+        """Queue ``job(core, emit, cancel)``: a job with the engine's state (made on first
+        use, on the engine thread)."""
+        def with_core(emit: Emit, cancel: threading.Event) -> Any:
+            if self._core is None:
+                from .core import EngineCore
+
+                self._core = EngineCore(*self._core_args)
+            return job(self._core, emit, cancel)
+
+        return self._submit(with_core, wrap)
 
     def submit(self, fn: Callable[[EngineCore, Emit, threading.Event], T]) -> EventStream[T]:
         """Run ``fn(core, emit, cancel)`` on the engine thread. Ends in ``Result(value)``.
@@ -133,7 +121,7 @@ class Engine:
         This is how other packages (sessions, models) do MLX work without a thread of their
         own. ``fn`` raises ``WorkbenchError`` for a user-facing failure.
         """
-        return self._submit(fn, wrap=True)
+        return self._submit_core(fn, wrap=True)
 
     def load(self, model: str, adapter: str | None = None) -> EventStream[ModelInfo]:
         """Load ``model`` (folder or repo id), replacing any loaded model. Ends in
@@ -147,7 +135,7 @@ class Engine:
                 self._announce(core, swapped=False)
             return ModelLoaded(info)
 
-        return self._submit(job, wrap=False)
+        return self._submit_core(job, wrap=False)
 
     def chat(self, messages: Iterable[Message], params: SamplingParams | None = None, *,
              ignore_eos: bool = False) -> EventStream[TurnDone]:
@@ -167,7 +155,7 @@ class Engine:
             assert final is not None
             return final
 
-        return self._submit(job, wrap=False)
+        return self._submit_core(job, wrap=False)
 
     def _adapter_job(self, change: Callable[[EngineCore], AdapterState]
                      ) -> EventStream[AdapterState]:
@@ -227,17 +215,6 @@ class Engine:
         """Forget the cached conversation (the next turn prefills from scratch)."""
         return self.submit(lambda core, _emit, _cancel: core.reset_cache())
 
-    def cancel(self) -> None:
-        """Stop the running request and drop queued ones. Safe from any thread."""
-        with self._lock:
-            for stream in self._pending:
-                stream.cancel()
-
-    @property
-    def busy(self) -> bool:
-        with self._lock:
-            return bool(self._pending)
-
     def close(self, timeout: float = 120.0) -> None:
         """Cancel what runs, stop the thread and free MLX state (no abort at exit).
 
@@ -245,13 +222,7 @@ class Engine:
         11 s for a 1B model): the wait must outlast it, because an interpreter that exits
         while the engine thread is inside MLX can abort.
         """
-        if self._closed:
-            return
-        self._closed = True
-        self.cancel()
-        self._requests.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        super().close(timeout)
 
     def __enter__(self) -> Engine:
         return self
@@ -260,38 +231,9 @@ class Engine:
         self.close()
 
     # -- the engine thread ---------------------------------------------------------------
-    def _run(self) -> None:
-        core: EngineCore | None = None  # made at the first request, so an app's first frame
-        while True:                     # does not share the interpreter with its imports
-            request = self._requests.get()
-            if request is None:
-                break
-            if core is None:
-                from .core import EngineCore
-
-                core = EngineCore(*self._core_args)
-            self._serve(core, request)
-        if core is not None:
-            self._shutdown(core)
-
-    def _serve(self, core: EngineCore, request: _Request) -> None:
-        stream = request.stream
-        try:
-            if stream.cancel_flag.is_set() and self._closed:
-                stream.put(Error("cancelled: the engine is shutting down", kind="cancelled"))
-                return
-            value = request.job(core, stream.put, stream.cancel_flag)
-            stream.put(Result(value) if request.wrap else value)
-        except WorkbenchError as exc:
-            stream.put(Error(str(exc), kind=exc.kind, details=dict(exc.details)))
-        except Exception as exc:  # noqa: BLE001 - the engine must outlive any failure
-            text = str(exc).strip().splitlines()
-            stream.put(Error(f"unexpected {type(exc).__name__}: {text[0] if text else ''}",
-                             kind="internal"))
-        finally:
-            with self._lock:
-                if stream in self._pending:
-                    self._pending.remove(stream)
+    def _on_thread_exit(self) -> None:
+        if self._core is not None:
+            self._shutdown(self._core)
 
     @staticmethod
     def _shutdown(core: EngineCore) -> None:

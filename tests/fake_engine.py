@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import queue
 import re
 import threading
 from collections import deque
@@ -46,7 +45,6 @@ from engine import (
     AdapterChanged,
     AdapterInfo,
     AdapterState,
-    Error,
     EventStream,
     LoadProgress,
     Memory,
@@ -56,7 +54,6 @@ from engine import (
     ModelLoaded,
     Notice,
     PrefillProgress,
-    Result,
     SamplingParams,
     TokenText,
     TurnDone,
@@ -71,6 +68,7 @@ from engine.errors import (
     WorkbenchError,
 )
 from engine.memory import model_context_length
+from engine.requests import RequestThread
 from models.demo import is_demo_model
 from models.resolve import display_name, resolve_model
 
@@ -141,21 +139,15 @@ class FakeCore:
         pass
 
 
-@dataclass
-class _Request:
-    job: Callable[[Emit, threading.Event], Any]
-    stream: EventStream[Any]
-    wrap: bool
-
-
 def _common_prefix(a: list[str], b: list[str]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
                 min(len(a), len(b)))
 
 
-class FakeEngine:
+class FakeEngine(RequestThread):
     """``EngineAPI`` with scripted replies; see the module docstring. Every knob is a plain
-    attribute a test may change between requests."""
+    attribute a test may change between requests. Its thread, queue, cancel and errors are
+    the real engine's own (``engine.requests.RequestThread``)."""
 
     def __init__(self, *, reply: str | Callable[[list[dict[str, str]]], str] = DEFAULT_REPLY,
                  replies: Iterable[str] = (), tokens_per_s: float = 0.0,
@@ -192,13 +184,8 @@ class FakeEngine:
         self._caches: dict[str, list[str]] = {}
         self._pending_swap: tuple[float, list[str]] | None = None
         self._core = FakeCore()
-        self._requests: queue.Queue[_Request | None] = queue.Queue()
-        self._pending: list[EventStream[Any]] = []
-        self._lock = threading.Lock()
         self._listeners: list[Listener] = []
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="fake-engine", daemon=True)
-        self._thread.start()
+        super().__init__("fake-engine")
 
     # -- scripting -----------------------------------------------------------------------
     def script(self, *texts: str) -> None:
@@ -249,17 +236,6 @@ class FakeEngine:
             self._broadcast(AdapterChanged(self.adapter, swapped))
 
     # -- requests (as Engine) ------------------------------------------------------------
-    def _submit(self, job: Callable[[Emit, threading.Event], Any], wrap: bool
-                ) -> EventStream[Any]:
-        stream: EventStream[Any] = EventStream()
-        if self._closed:
-            stream.put(Error("the engine has shut down", kind="closed"))
-            return stream
-        with self._lock:
-            self._pending.append(stream)
-        self._requests.put(_Request(job, stream, wrap))
-        return stream
-
     def submit(self, fn: Callable[[Any, Emit, threading.Event], T]) -> EventStream[T]:
         """Run ``fn(core, emit, cancel)`` on the fake's thread with a ``FakeCore``."""
         return self._submit(lambda emit, cancel: fn(self._core, emit, cancel), wrap=True)
@@ -330,52 +306,15 @@ class FakeEngine:
             self._pending_swap = None
         return self._submit(job, wrap=True)
 
-    def cancel(self) -> None:
-        """Stop the running request and cancel the queued ones (they still run, cancelled,
-        as in ``Engine``: a queued chat ends in a cancelled TurnDone)."""
-        with self._lock:
-            for stream in self._pending:
-                stream.cancel()
-
-    @property
-    def busy(self) -> bool:
-        with self._lock:
-            return bool(self._pending)
-
     def close(self, timeout: float = 120.0) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self.cancel()
-        self._release.set()
-        self._requests.put(None)
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        self._release.set()  # a turn held by pause_after ends (cancelled) at once
+        super().close(timeout)
 
     def __enter__(self) -> FakeEngine:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- the fake's thread ---------------------------------------------------------------
-    def _run(self) -> None:
-        while (request := self._requests.get()) is not None:
-            stream = request.stream
-            try:
-                if stream.cancel_flag.is_set() and self._closed:
-                    stream.put(Error("cancelled: the engine is shutting down", kind="cancelled"))
-                    continue
-                value = request.job(stream.put, stream.cancel_flag)
-                stream.put(Result(value) if request.wrap else value)
-            except WorkbenchError as exc:
-                stream.put(Error(str(exc), kind=exc.kind, details=dict(exc.details)))
-            except Exception as exc:  # noqa: BLE001 - as the real engine: it outlives failures
-                stream.put(Error(f"unexpected {type(exc).__name__}: {exc}", kind="internal"))
-            finally:
-                with self._lock:
-                    if stream in self._pending:
-                        self._pending.remove(stream)
 
     @staticmethod
     def scripted(spec: str) -> bool:
