@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         Notice,
         PrefillProgress,
         Result,
+        TokenLogprob,
         TokenText,
         TurnDone,
         TurnStats,
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from .prompt_cache import CacheSnapshot
     from .protocol import EngineAPI
     from .runtime import Engine
-    from .sampling import PRESETS, SamplingParams, preset
+    from .sampling import PRESETS, SamplingParams, TurnOptions, preset
     from .stream import EventStream, follow, follow_sync
 
 # Each public name and the module that defines it. Importing ``engine`` (or one of its light
@@ -59,6 +60,7 @@ _PUBLIC = {
     "PrefillProgress": "events",
     "Result": "events",
     "TokenText": "events",
+    "TokenLogprob": "events",
     "TurnDone": "events",
     "TurnStats": "events",
     "CacheSnapshot": "prompt_cache",
@@ -66,6 +68,7 @@ _PUBLIC = {
     "Engine": "runtime",
     "PRESETS": "sampling",
     "SamplingParams": "sampling",
+    "TurnOptions": "sampling",
     "preset": "sampling",
     "EventStream": "stream",
     "follow": "stream",
@@ -86,6 +89,6 @@ __all__ = [
     "PRESETS", "AdapterChanged", "AdapterInfo", "AdapterState", "CacheSnapshot", "Engine",
     "EngineAPI", "EngineCore", "EngineError", "Error", "EventStream", "LoadProgress", "Memory",
     "MemoryReading", "ModelChanged", "ModelInfo", "ModelLoaded", "Notice", "PrefillProgress",
-    "Result", "SamplingParams", "TokenText", "TurnDone", "TurnStats", "WorkbenchError",
-    "follow", "follow_sync", "preset",
+    "Result", "SamplingParams", "TokenLogprob", "TokenText", "TurnDone", "TurnOptions",
+    "TurnStats", "WorkbenchError", "follow", "follow_sync", "preset",
 ]

@@ -10,13 +10,19 @@ a small least-recently-used set, so swapping back is immediate.
 
 Everything here runs on the engine thread (it touches the model). The scale of an adapter is
 a multiplier of its trained scale, from 0 to 2; the wrappers' ``scale`` is set on activation.
+
+Each prepared adapter can also hold a *fused* module set (``engine.adapter_fuse``): copies of
+only the layers it touches with the low-rank product merged in, which decode at the base
+model's speed. The mode setting (auto | fused | unfused) and a memory probe decide which set
+is installed; fused copies of adapters not in use are dropped first when memory is short.
+K/V computed under the two sets differ numerically, so the mode is part of the cache key.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +31,7 @@ from typing import Any
 from models.resolve import location_key
 
 from .adapter_fit import check_against_model, shape_text
+from .adapter_fuse import can_fuse, check_mode, fit_note, fuse_modules, fused_nbytes
 from .adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterInfo, content_digest, inspect_adapter
 from .errors import AdapterError, BadSetting
 
@@ -37,16 +44,19 @@ class AdapterKey:
     """The cache key for K/V computed under an adapter at a scale.
 
     Two keys are equal when the adapter's settings and weights (``digest``) and the scale are
-    equal, whatever the folder is called; ``str(key)`` is the identity sessions store with a
-    cache file, e.g. ``tone-a@3f2a9c01b4de x1``.
+    equal, whatever the folder is called, and the mode is the same (fused and unfused K/V
+    differ numerically); ``str(key)`` is the identity sessions store with a cache file, e.g.
+    ``tone-a@3f2a9c01b4de x1`` (unfused) or ``tone-a@3f2a9c01b4de fused x1``.
     """
 
     name: str = field(compare=False)
     digest: str
     scale: float
+    mode: str = "unfused"  # fused | unfused: the same adapter's K/V differ between the two
 
     def __str__(self) -> str:
-        return f"{self.name}@{self.digest[:12]} x{self.scale:g}"
+        fused = " fused" if self.mode == "fused" else ""
+        return f"{self.name}@{self.digest[:12]}{fused} x{self.scale:g}"
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,11 @@ class AdapterState:
     was not ready yet (0 when it came from the prepared set). ``cached_tokens`` is how many
     tokens of K/V are already cached under this adapter and scale: the next reply reuses what
     it shares with them and re-prefills the rest. ``prepared`` names the adapters kept ready.
+
+    ``mode`` is how the adapter runs: "fused" (merged into a copy of the weights it touches,
+    ``fused_bytes`` of memory) or "unfused" (None for the base model); ``adapter_mode`` is
+    the setting (auto | fused | unfused) and ``mode_note`` says why it runs unfused when the
+    setting asked for fused (it did not fit in memory, or its layers cannot be fused).
     """
 
     info: AdapterInfo | None
@@ -70,6 +85,10 @@ class AdapterState:
     prepare_ms: float = 0.0
     cached_tokens: int = 0
     prepared: tuple[str, ...] = ()
+    mode: str | None = None
+    adapter_mode: str = "unfused"
+    fused_bytes: int = 0
+    mode_note: str = ""
 
     @property
     def name(self) -> str | None:
@@ -86,21 +105,43 @@ class AdapterState:
             "lora_scale": self.lora_scale, "identity": self.identity,
             "swap_ms": self.swap_ms, "prepare_ms": self.prepare_ms,
             "cached_tokens": self.cached_tokens, "prepared": list(self.prepared),
+            "mode": self.mode, "adapter_mode": self.adapter_mode,
+            "fused_bytes": self.fused_bytes, "mode_note": self.mode_note,
             "info": self.info.to_dict() if self.info else None,
         }
 
 
 @dataclass
 class PreparedAdapter:
-    """One adapter's wrapper modules, by module path, with its weights loaded."""
+    """One adapter's wrapper modules, by module path, with its weights loaded; and, in fused
+    mode, the fused copies of the same layers (made at ``fused_scale``)."""
 
     info: AdapterInfo
     digest: str
     modules: dict[str, Any]
     signature: tuple[int, int, int, int]  # sizes and mtimes of its two files
+    fused: dict[str, Any] | None = None
+    fused_scale: float | None = None  # the lora scale the fused copies hold
+    fused_bytes: int = 0
+    use_fused: bool = False  # which set ``installed`` gives
+    note: str = ""  # why it runs unfused although the setting asked for fused
+
+    @property
+    def mode(self) -> str:
+        return "fused" if self.use_fused and self.fused is not None else "unfused"
+
+    def installed(self) -> dict[str, Any]:
+        """The module set to put in the model: the fused copies or the wrappers."""
+        return self.fused if self.use_fused and self.fused is not None else self.modules
+
+    def drop_fused(self) -> int:
+        """Forget the fused copies; returns the bytes they held."""
+        freed = self.fused_bytes if self.fused is not None else 0
+        self.fused, self.fused_scale, self.fused_bytes, self.use_fused = None, None, 0, False
+        return freed
 
     def key(self, scale: float) -> AdapterKey:
-        return AdapterKey(self.info.name, self.digest, scale)
+        return AdapterKey(self.info.name, self.digest, scale, self.mode)
 
     def set_scale(self, scale: float) -> float:
         lora_scale = self.info.scale * scale
@@ -139,8 +180,11 @@ class AdapterManager:
     installed whenever it raises.
     """
 
-    def __init__(self, max_prepared: int = DEFAULT_MAX_PREPARED) -> None:
+    def __init__(self, max_prepared: int = DEFAULT_MAX_PREPARED,
+                 memory_probe: Callable[[], int] | None = None, mode: str = "unfused") -> None:
         self.max_prepared = max(1, int(max_prepared))
+        self.memory_probe = memory_probe  # free bytes now (None: never fuse)
+        self.mode = check_mode(mode)
         self.model: Any = None
         self.model_path = ""
         self.model_name = ""
@@ -195,7 +239,7 @@ class AdapterManager:
             keep = target.modules if target is not None else {}
             updates += [(p, self.base[p]) for p in current.modules if p not in keep]
         if target is not None:
-            updates += list(target.modules.items())
+            updates += list(target.installed().items())
         self._set_modules(updates)
         self.active = target
 
@@ -330,8 +374,11 @@ class AdapterManager:
             prepare_s = time.perf_counter() - start
         self.prepared[key] = prepared
         self.prepared.move_to_end(key)
-        start = time.perf_counter()
         prepared.set_scale(value)
+        fuse_start = time.perf_counter()
+        if self._choose_set(prepared):  # fused copies made now: part of preparing it
+            prepare_s += time.perf_counter() - fuse_start
+        start = time.perf_counter()
         self._install(prepared)
         swap_s = time.perf_counter() - start
         self.scale = value
@@ -344,8 +391,78 @@ class AdapterManager:
             raise AdapterError("no adapter is active: choose one first, then set its scale")
         value = check_scale(scale)
         self.active.set_scale(value)
+        self._choose_set(self.active)
+        self._install(self.active)  # the fused copies, made again at this scale
         self.scale = value
         return value
+
+    def set_mode(self, mode: str | None) -> str:
+        """Change the mode setting (auto | fused | unfused); the active adapter follows."""
+        value = check_mode(mode)
+        self.mode = value
+        if value == "unfused":
+            for prepared in self.prepared.values():
+                prepared.note = ""
+                if prepared is not self.active:
+                    prepared.drop_fused()
+        if self.active is not None:
+            self._choose_set(self.active)
+            self._install(self.active)
+            if value == "unfused":
+                self.active.drop_fused()
+        return value
+
+    # -- fused copies ---------------------------------------------------------------------
+    def _choose_set(self, prepared: PreparedAdapter) -> bool:
+        """Decide which module set ``prepared`` runs with, making its fused copies (at its
+        current scale) when the mode asks for them and memory allows; fused copies of other
+        adapters, least recently used first, are dropped to make room. True when fused
+        copies were made now."""
+        prepared.note = ""
+        if self.mode == "unfused":
+            prepared.use_fused = False
+            return False
+        lora_scale = self._lora_scale(prepared)
+        if prepared.fused is not None and prepared.fused_scale == lora_scale:
+            prepared.use_fused = True
+            return False
+        if not can_fuse(prepared.modules):
+            prepared.drop_fused()
+            prepared.note = "its layers cannot be fused: running unfused"
+            return False
+        prepared.drop_fused()  # made at another scale
+        need = fused_nbytes(prepared.modules)
+        available = self.memory_probe() if self.memory_probe is not None else 0
+        note = fit_note(self.mode, need, available)
+        for other in list(self.prepared.values()):
+            if not note:
+                break
+            if other is not prepared and other.fused is not None:
+                available += other.drop_fused()
+                note = fit_note(self.mode, need, available)
+        if note:
+            prepared.note = note
+            return False
+        try:
+            prepared.fused = fuse_modules(prepared.modules)
+        except (RuntimeError, ValueError, MemoryError) as exc:  # e.g. out of device memory
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            prepared.note = f"fusing failed ({first}): running unfused"
+            return False
+        prepared.fused_scale, prepared.fused_bytes, prepared.use_fused = lora_scale, need, True
+        return True
+
+    @staticmethod
+    def _lora_scale(prepared: PreparedAdapter) -> float:
+        """The scale ``prepared``'s wrappers use now (trained scale x multiplier)."""
+        for module in prepared.modules.values():
+            if hasattr(module, "scale"):
+                return float(module.scale)
+        return prepared.info.scale
+
+    def fused_bytes(self) -> int:
+        """Bytes held by every prepared adapter's fused copies."""
+        return sum(p.fused_bytes for p in self.prepared.values() if p.fused is not None)
 
     def _evict(self) -> None:
         while len(self.prepared) > self.max_prepared:

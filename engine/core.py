@@ -27,11 +27,18 @@ from .errors import NoModel, WorkbenchError
 from .events import LoadProgress, ModelInfo, Notice, PrefillProgress, TurnDone
 from .loaded import LoadedModel
 from .prompt_cache import CacheKey, CacheSnapshot, PromptCaches, common_prefix
-from .sampling import SamplingParams
+from .sampling import SamplingParams, TurnOptions
+from .speculative import (
+    MLX_PREFILL_STEP,
+    MLX_SPECULATIVE_PREFILL_STEP,
+    DecodingSettings,
+    DraftModel,
+)
 from .turn import ChunkSizer, prefill, run_turn
 
 Message = Mapping[str, str]
 Emit = Callable[[Any], None]
+SHELF_MAX_BYTES = 2 << 30
 
 
 class EngineCore:
@@ -40,17 +47,27 @@ class EngineCore:
     def __init__(self, prefill_step_size: int | None = None,
                  max_kv_size: int | None = None,
                  memory_probe: mem.MemoryProbe = mem.available_memory,
-                 max_prepared_adapters: int = DEFAULT_MAX_PREPARED) -> None:
+                 max_prepared_adapters: int = DEFAULT_MAX_PREPARED,
+                 adapter_mode: str = "unfused", warm_up: bool | None = None) -> None:
         # Prefill chunks: a fixed size when one is given, else sized by time.
         self.prefill_step: int | ChunkSizer = prefill_step_size or ChunkSizer()
         self.max_kv_size = max_kv_size
         self.memory_probe = memory_probe
         self.loaded: LoadedModel | None = None
-        self.adapters = AdapterManager(max_prepared_adapters)
+        # Adapters run fused (merged into copies of the weights they touch) when the mode
+        # setting and the free memory allow, else unfused (engine/adapter_fuse.py).
+        self.adapters = AdapterManager(max_prepared_adapters, memory_probe, adapter_mode)
+        # Kernels are compiled on first use on CUDA: a load runs a tiny warm-up
+        # (engine/warmup.py; None: on GPU backends only).
+        self.warm_up = warm_up
         self.caches = PromptCaches(self.adapters.max_prepared + 2)
         self.cache_key: CacheKey = None  # the active adapter's key (None: the base model)
         # The swap the next turn reports: its latency and the tokens cached before it.
         self._pending_swap: tuple[float, list[int]] | None = None
+        # Faster decoding (engine/speculative.py): KV quantization, prompt lookup, and a
+        # draft model for speculative decoding (set_decoding, load_draft).
+        self.decoding = DecodingSettings()
+        self.draft: DraftModel | None = None
 
     # -- the model -----------------------------------------------------------------------
     @property
@@ -80,6 +97,7 @@ class EngineCore:
         self.cache_key = None
         self.adapters.reset()
         self._pending_swap = None
+        self.draft = None  # load() keeps it across a model change (if the vocabulary fits)
         # Modules can sit in reference cycles: collect them here, on the thread that made
         # their arrays, not later on whichever thread the garbage collector next runs.
         gc.collect()
@@ -97,12 +115,22 @@ class EngineCore:
         # The model being replaced gives its memory back before the new one loads.
         freed = self.info.weight_bytes if self.info is not None else 0
         start = time.perf_counter()
+        draft = self.draft  # kept across the unload, checked against the new model below
+        kv = self.decoding.kv
+        extra = mem.adapter_bytes(adapter)
         loaded = LoadedModel.load(spec, path, emit,
                                   available=lambda: self.memory_probe() + freed,
-                                  context_hint=self.max_kv_size or 4096,
-                                  before_load=self.unload)
+                                  context_hint=self.max_kv_size or None,
+                                  before_load=self.unload, fit={
+                                      "kv_bits": kv.bits, "kv_group_size": kv.group_size,
+                                      "extra": extra, "extra_label": "adapter",
+                                      "context_chosen": bool(self.max_kv_size)})
         self.loaded = loaded
+        if draft is not None:
+            self._keep_draft(draft, emit)
         self.caches.model = loaded.model
+        # Caches of other branches of the conversation: a tenth of what is free, up to 2 GiB.
+        self.caches.shelf_bytes = min(SHELF_MAX_BYTES, max(0, self.memory_probe()) // 10)
         self.adapters.attach(loaded.model, str(path), loaded.info.name)
         if adapter:
             emit(LoadProgress("load", f"preparing adapter {Path(adapter).name}"))
@@ -112,17 +140,97 @@ class EngineCore:
                 emit(Notice(f"{loaded.info.name} is loaded without the adapter "
                             f"{Path(adapter).name}: {exc}"))
             self._pending_swap = None  # part of the load, not a swap mid-conversation
-        elapsed = time.perf_counter() - start
+        from .warmup import warm_up
+
+        warm_s = warm_up(loaded.model, emit, self.warm_up)
+        elapsed = time.perf_counter() - start - warm_s
         loaded.info = replace(loaded.info, load_time_s=round(elapsed, 3))
-        emit(LoadProgress("ready", f"{loaded.info.name} ready in {elapsed:.2f} s"))
+        self._describe_costs()
+        warm = f" (then {warm_s:.2f} s of GPU warm-up)" if warm_s else ""
+        emit(LoadProgress("ready", f"{loaded.info.name} ready in {elapsed:.2f} s{warm}"))
         return loaded.info
 
     def context_limit(self) -> int:
         return self.require().context_limit(self.max_kv_size)
 
-    def render(self, messages: Iterable[Message], add_generation_prompt: bool = True
-               ) -> list[int]:
-        return self.require().render(messages, add_generation_prompt)
+    # -- faster decoding (engine/speculative.py) -----------------------------------------
+    def kv_identity(self) -> str:
+        """The KV quantization new cache entries are written with ("" = full precision),
+        e.g. ``kv8:g64:s5000``: a saved cache may be restored only under the same one."""
+        return self.decoding.kv.identity()
+
+    def set_decoding(self, settings: DecodingSettings) -> DecodingSettings:
+        """Use ``settings`` from the next turn on. Caches written under other KV settings
+        are dropped (the next turn prefills again under the new ones)."""
+        if settings.kv != self.decoding.kv:
+            self.caches.clear()
+            self._pending_swap = None
+        self.decoding = settings
+        if self.loaded is not None:
+            self._describe_costs()
+        return settings
+
+    def load_draft(self, spec: str | None, emit: Emit,
+                   cancel: threading.Event | None = None) -> ModelInfo | None:
+        """Load the draft model for speculative decoding (None: stop using one). Refused in
+        one line when its vocabulary differs from the loaded model's."""
+        from .speculative import load_draft
+
+        loaded = self.require()
+        if not spec:
+            self._set_draft(None)
+            return self.info
+        emit(LoadProgress("resolve", f"looking for the draft model {spec}"))
+        path = resolve_model(spec, emit, cancel)
+        freed = self.draft.weight_bytes if self.draft is not None else 0
+        emit(LoadProgress("load", f"loading the draft model {path.name}"))
+        draft = load_draft(spec, path, loaded.tokenizer, loaded.info.name,
+                           lambda: self.memory_probe() + freed,
+                           self.max_kv_size or loaded.info.context_length or 4096,
+                           self.decoding.kv)
+        self._set_draft(draft)
+        emit(LoadProgress("ready", f"draft model {draft.name} ready"))
+        return self.info
+
+    def _set_draft(self, draft: DraftModel | None) -> None:
+        import mlx.core as mx
+
+        self.draft = draft
+        for key in self.caches.cached_keys():
+            slot = self.caches.get(key)
+            if slot is not None:
+                slot.draft, slot.draft_of = None, ""
+        gc.collect()
+        mx.clear_cache()
+        self._describe_costs()
+
+    def _keep_draft(self, draft: DraftModel, emit: Emit) -> None:
+        """After a model change: keep the draft if it speaks the new model's vocabulary."""
+        from .speculative import check_vocabulary
+
+        loaded = self.require()
+        try:
+            check_vocabulary(loaded.tokenizer, draft.tokenizer, draft.name, loaded.info.name)
+        except WorkbenchError as exc:
+            emit(Notice(f"the draft model is no longer used: {exc}"))
+            return
+        self.draft = draft
+
+    def _describe_costs(self) -> None:
+        """Put what the chosen context costs, the KV settings and the draft in the info."""
+        loaded = self.loaded
+        if loaded is None:
+            return
+        kv = self.decoding.kv
+        tokens, kv_bytes = mem.context_cost(Path(loaded.info.path), self.max_kv_size or None,
+                                            kv.bits, kv.group_size)
+        loaded.info = replace(loaded.info, context_tokens=tokens, kv_context_bytes=kv_bytes,
+                              kv_label=kv.label() if kv.on else "",
+                              draft=self.draft.name if self.draft else None)
+
+    def render(self, messages: Iterable[Message], add_generation_prompt: bool = True,
+               template_args: Mapping[str, Any] | None = None) -> list[int]:
+        return self.require().render(messages, add_generation_prompt, template_args)
 
     # -- caches --------------------------------------------------------------------------
     def reset_cache(self) -> None:
@@ -167,7 +275,9 @@ class EngineCore:
         todo = tokens[start:]
         cancelled = False
         try:
-            for done in prefill(loaded.model, slot, todo, self.prefill_step):
+            kv = self.decoding.kv if self.decoding.kv.on else None
+            step = MLX_SPECULATIVE_PREFILL_STEP if self.draft else MLX_PREFILL_STEP
+            for done in prefill(loaded.model, slot, todo, self.prefill_step, kv, step):
                 emit(PrefillProgress(done, len(todo)))
                 if cancel.is_set() and done < len(todo):
                     cancelled = True
@@ -193,6 +303,10 @@ class EngineCore:
             prepare_ms=prepare_ms,
             cached_tokens=len(self.caches.tokens(self.cache_key)),
             prepared=self.adapters.prepared_names(),
+            mode=prepared.mode if prepared is not None else None,
+            adapter_mode=self.adapters.mode,
+            fused_bytes=prepared.fused_bytes if prepared is not None and prepared.fused else 0,
+            mode_note=prepared.note if prepared is not None else "",
         )
 
     def use_adapter(self, path: str | Path | None, scale: float | None = None) -> AdapterState:
@@ -213,6 +327,17 @@ class EngineCore:
         old_key = self.cache_key
         start = time.perf_counter()
         self.adapters.set_scale(scale)
+        swap_s = time.perf_counter() - start
+        self._switch_key(self.adapters.active_key(), old_key, swap_s)
+        return self.adapter_state(swap_ms=swap_s * 1000)
+
+    def set_adapter_mode(self, mode: str) -> AdapterState:
+        """Set how adapters run: auto (fused when it fits in memory), fused or unfused. The
+        active adapter follows at once; each mode keeps its own prompt cache."""
+        self.require()
+        old_key = self.cache_key
+        start = time.perf_counter()
+        self.adapters.set_mode(mode)
         swap_s = time.perf_counter() - start
         self._switch_key(self.adapters.active_key(), old_key, swap_s)
         return self.adapter_state(swap_ms=swap_s * 1000)
@@ -250,16 +375,18 @@ class EngineCore:
 
     # -- a chat turn ---------------------------------------------------------------------
     def turn(self, messages: Sequence[Message], params: SamplingParams,
-             cancel: threading.Event, submitted: float, ignore_eos: bool = False
-             ) -> Iterator[Any]:
+             cancel: threading.Event, submitted: float, ignore_eos: bool = False,
+             options: TurnOptions | None = None) -> Iterator[Any]:
         """``run_turn`` on the active cache, its ``TurnDone`` completed with the adapter that
         wrote the reply and, on the first turn after a swap, what the swap cost."""
         loaded = self.require()
         pending, self._pending_swap = self._pending_swap, None
+        options = options or TurnOptions(ignore_eos=ignore_eos)
         for event in run_turn(loaded, self.caches, self.cache_key, messages, params,
                               cancel=cancel, limit=self.context_limit(),
-                              prefill_step=self.prefill_step, ignore_eos=ignore_eos,
-                              submitted=submitted, memory=self.memory):
+                              prefill_step=self.prefill_step, submitted=submitted,
+                              memory=self.memory, options=options, draft=self.draft,
+                              decoding=self.decoding):
             if isinstance(event, TurnDone):
                 event = self._complete(event, pending)
             yield event
@@ -275,6 +402,10 @@ class EngineCore:
             tokens = self.caches.tokens(self.cache_key)
             shared = min(common_prefix(pending[1], tokens), stats.prompt_tokens - 1)
             reprefill = max(0, shared - stats.reused_tokens)
+            if reprefill:
+                stats = replace(stats, cached_before=len(pending[1]), cache_miss=(
+                    f"reused {stats.reused_tokens} of {len(pending[1])} cached tokens: the "
+                    f"adapter changed, so {reprefill} tokens were prefilled again under it"))
         active = self.adapters.active
         return TurnDone(done.text, replace(
             stats,

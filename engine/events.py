@@ -13,7 +13,8 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class LoadProgress:
-    """Loading a model: ``stage`` is resolve, download, load or ready.
+    """Loading a model: ``stage`` is resolve, download, load, warm-up (GPU kernels compiled
+    ahead of the first reply: engine/warmup.py) or ready.
 
     While downloading, ``done``/``total`` are bytes; otherwise they are 0.
     """
@@ -32,6 +33,28 @@ class LoadProgress:
 
 
 @dataclass(frozen=True, slots=True)
+class WorldInfo:
+    """Distributed mode (issue 14, engine/distributed.py): the ranks one model is split over.
+
+    ``hosts[r]`` is rank r's host name; ``layers[r]`` the (first, end) layer range rank r runs
+    (pipeline; every rank runs every layer under tensor parallelism); ``weight_bytes[r]`` the
+    weights rank r holds after the split; ``load_peak_bytes[r]`` its peak while loading.
+    """
+
+    size: int
+    backend: str  # ring | jaccl | nccl | mpi
+    shard: str  # tensor | pipeline
+    hosts: tuple[str, ...] = ()
+    layers: tuple[tuple[int, int], ...] = ()
+    weight_bytes: tuple[int, ...] = ()
+    load_peak_bytes: tuple[int, ...] = ()  # rank r's peak MLX memory while it loaded
+
+    def line(self) -> str:
+        """One line for people: "2 ranks, ring, tensor split"."""
+        return f"{self.size} ranks, {self.backend}, {self.shard} split"
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     name: str
     path: str
@@ -43,6 +66,18 @@ class ModelInfo:
     load_time_s: float
     is_demo: bool = False
     adapter: str | None = None
+    world: WorldInfo | None = None  # distributed mode only (issue 14): the ranks and split
+    # The chat template writes <think> blocks (a reasoning model), and takes the
+    # ``enable_thinking`` switch.
+    reasoning: bool = False
+    thinking_switch: bool = False
+    # What the chosen context costs (engine/speculative.py, memory.py): the context in
+    # tokens (--max-kv-size or the model's), its KV cache in bytes at the KV settings, the
+    # KV quantization ("" = full precision, else e.g. "8-bit"), and the draft model's name.
+    context_tokens: int = 0
+    kv_context_bytes: int = 0
+    kv_label: str = ""
+    draft: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,11 +101,38 @@ class PrefillProgress:
 
 @dataclass(frozen=True, slots=True)
 class TokenText:
-    """A piece of reply text (one or more tokens' worth) with the running decode rate."""
+    """A piece of reply text (one or more tokens' worth) with the running decode rate.
+
+    ``kind`` is "answer", or "reasoning" for the text of a ``<think>`` block (tags
+    removed; ``TurnDone.text`` keeps the reply as the model wrote it)."""
 
     text: str
     generated: int
     decode_tps: float
+    kind: str = "answer"
+    # Speculative decoding (engine/speculative.py): tokens of the reply so far that came
+    # from the draft (a draft model or prompt lookup); 0 without one.
+    from_draft: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token with its log-probability and the ``top`` alternatives
+    ``(token id, text, logprob)``, most likely first (asked for with ``logprobs=K``).
+    ``entropy`` is of the whole distribution the token was drawn from, in nats. The values
+    are mlx-lm's ``GenerationResponse.logprobs`` (after logits processors)."""
+
+    index: int  # position in the reply (0 = its first generated token)
+    token: int
+    text: str
+    logprob: float
+    entropy: float
+    top: tuple[tuple[int, str, float], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "id": self.token, "text": self.text,
+                "logprob": self.logprob, "entropy": self.entropy,
+                "top": [{"id": i, "text": t, "logprob": lp} for i, t, lp in self.top]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +191,34 @@ class TurnStats:
     # that were cached under the previous choice had to be prefilled again under this one.
     swap_ms: float | None = None
     reprefill_tokens: int = 0
+    # Distributed mode only (issue 14): the mean time per generated token spent in the
+    # per-token sync collective (its latency plus waiting for the slowest rank), and each
+    # rank's peak MLX memory during the turn.
+    comm_ms_per_token: float | None = None
+    rank_peak_memory: tuple[int, ...] = ()
+    # What the cache held before the turn and, when less of it was reused, why (one line;
+    # see engine/cache_miss.py).
+    cached_before: int = 0
+    cache_miss: str = ""
+    # Branches: what came from (or went to) the caches kept for other branches, in words.
+    reuse_note: str = ""
+    # Reasoning models: tokens and seconds spent inside the <think> block (0: none).
+    reasoning_tokens: int = 0
+    reasoning_s: float = 0.0
+    # Tokens the reply was made to start with (a branch "continued with this token").
+    forced_tokens: int = 0
+    # Faster decoding (engine/speculative.py). ``decoder``: "" (plain), "draft NAME" or
+    # "prompt lookup"; ``draft_tokens`` of the reply came from the draft, of
+    # ``draft_proposed`` proposed (for a draft model: steps x num_draft_tokens);
+    # ``acceptance_rate`` = draft_tokens / draft_proposed; ``effective_tps``: the reply's
+    # tokens per second of decoding, drafting included. ``kv_cache``: the KV quantization
+    # the cache was written with ("" = full precision; ``KVSettings.identity``).
+    decoder: str = ""
+    draft_tokens: int = 0
+    draft_proposed: int = 0
+    acceptance_rate: float | None = None
+    effective_tps: float | None = None
+    kv_cache: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,7 +30,7 @@ def first_line(exc: BaseException) -> str:
 
 
 def describe(name: str, path: Path, model: Any, config: dict[str, Any], weight_bytes: int,
-             load_time_s: float) -> ModelInfo:
+             load_time_s: float, chat_template: str = "") -> ModelInfo:
     """The facts the UI shows about a loaded model (parameters, bits, context...)."""
     from mlx_lm.utils import compute_bits_per_weight, get_total_parameters
 
@@ -49,6 +49,8 @@ def describe(name: str, path: Path, model: Any, config: dict[str, Any], weight_b
         context_length=int(context),
         load_time_s=round(load_time_s, 3),
         is_demo=is_demo_model(path),
+        reasoning="<think>" in chat_template or "</think>" in chat_template,
+        thinking_switch="enable_thinking" in chat_template,
     )
 
 
@@ -61,14 +63,28 @@ class LoadedModel:
 
     @classmethod
     def load(cls, spec: str, path: Path, emit: Emit, *, available: Callable[[], int],
-             context_hint: int, before_load: Callable[[], None] = lambda: None
-             ) -> LoadedModel:
+             context_hint: int | None, before_load: Callable[[], None] = lambda: None,
+             loader: Callable[[Path], tuple[Any, Any, dict[str, Any]]] | None = None,
+             fit_share: float = 1.0, fit: Mapping[str, Any] | None = None) -> LoadedModel:
         """Load the model folder ``path`` (found for ``spec``) once it is known to fit in
         ``available()`` bytes. ``before_load`` runs once the check has passed, just before
         the weights are read (the core drops the previous model there, so its memory is
-        given back first)."""
+        given back first).
+
+        Distributed mode (issue 14, engine/distributed.py): ``loader`` replaces
+        ``mlx_lm.load`` (a sharded load: ``path -> (model, tokenizer, config)``) and
+        ``fit_share`` is the share of the weights this process will hold (the fit check
+        counts only that share).
+
+        ``context_hint`` is the context the fit check counts the KV cache for (None: the
+        model's own); ``fit`` carries ``memory.fit_report``'s other keywords (the KV
+        quantization, adapters and a draft model to count)."""
+        if fit_share != 1.0:
+            whole = available
+            available = lambda: int(whole() / fit_share)  # noqa: E731 - same check, a share
         weight_bytes = mem.check_fit(path, available, context_hint,
-                                     warn=lambda message: emit(Notice(message)))
+                                     warn=lambda message: emit(Notice(message)),
+                                     **dict(fit or {}))
         emit(LoadProgress("load", f"loading {path.name} ({mem.gb(weight_bytes)})"))
         before_load()
         import mlx.core as mx
@@ -82,25 +98,32 @@ class LoadedModel:
 
         start = time.perf_counter()
         try:
-            model, tokenizer, config = load(str(path), return_config=True)
+            if loader is not None:
+                model, tokenizer, config = loader(path)
+            else:
+                model, tokenizer, config = load(str(path), return_config=True)
         except ValueError as exc:
             raise WorkbenchError(f"{path.name} cannot be loaded: {first_line(exc)}") from None
         mx.reset_peak_memory()
+        template = getattr(tokenizer, "chat_template", None)
         info = describe(display_name(spec, path), path, model, config, weight_bytes,
-                        time.perf_counter() - start)
+                        time.perf_counter() - start,
+                        template if isinstance(template, str) else "")
         return cls(model, tokenizer, config, info)
 
     # -- prompts -------------------------------------------------------------------------
-    def render(self, messages: Iterable[Message], add_generation_prompt: bool = True
-               ) -> list[int]:
+    def render(self, messages: Iterable[Message], add_generation_prompt: bool = True,
+               template_args: Mapping[str, Any] | None = None) -> list[int]:
         """Token ids of ``messages`` through the chat template (the next turn's prompt with
-        ``add_generation_prompt``; the conversation so far without it)."""
+        ``add_generation_prompt``; the conversation so far without it). ``template_args``
+        are the template's own switches (e.g. ``enable_thinking``)."""
         msgs = [dict(m) for m in messages]
         if not msgs:
             return []
         if getattr(self.tokenizer, "has_chat_template", True):
             return list(self.tokenizer.apply_chat_template(
-                msgs, add_generation_prompt=add_generation_prompt, tokenize=True))
+                msgs, add_generation_prompt=add_generation_prompt, tokenize=True,
+                **dict(template_args or {})))
         return list(self.tokenizer.encode("\n".join(m["content"] for m in msgs)))
 
     def context_limit(self, max_kv_size: int | None) -> int:

@@ -90,8 +90,11 @@ def weight_files(path: Path) -> list[Path]:
     return sorted(path.glob("*.safetensors"))
 
 
-def estimate_kv_bytes(config: dict[str, object], tokens: int) -> int:
-    """K and V for ``tokens`` positions in every layer, at the model's activation width."""
+def estimate_kv_bytes(config: dict[str, object], tokens: int, kv_bits: int | None = None,
+                      kv_group_size: int = 64) -> int:
+    """K and V for ``tokens`` positions in every layer, at the model's activation width, or
+    quantized to ``kv_bits`` (mlx-lm's ``QuantizedKVCache``: the packed values plus a scale
+    and a bias per group of ``kv_group_size``, at the activation width)."""
     text = config.get("text_config")
     cfg = text if isinstance(text, dict) else config
 
@@ -104,7 +107,10 @@ def estimate_kv_bytes(config: dict[str, object], tokens: int) -> int:
     kv_heads = num("num_key_value_heads", heads)
     head_dim = num("head_dim", num("hidden_size", 0) // max(heads, 1))
     bytes_per = 4 if cfg.get("torch_dtype") == "float32" else 2
-    return 2 * layers * kv_heads * head_dim * tokens * bytes_per
+    elements = 2 * layers * kv_heads * head_dim * tokens
+    if kv_bits:
+        return int(elements * kv_bits / 8 + elements // kv_group_size * 2 * bytes_per)
+    return elements * bytes_per
 
 
 def model_context_length(config: dict[str, Any]) -> int:
@@ -127,6 +133,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config if isinstance(config, dict) else {}
 
 
+UNCHOSEN_FLOOR = 4096
+"""Without --max-kv-size, a model is refused only if this much context does not fit."""
+
 TIGHT_FRACTION = 0.85
 """A model needing more than this share of the free memory gets a warning (it still loads)."""
 
@@ -141,23 +150,44 @@ class FitReport:
     overhead: int  # activations and MLX's buffers
     available: int
     context_tokens: int
+    # Also counted: adapters prepared, a draft model (its weights and cache), in bytes; and
+    # the KV quantization the cache is counted at ("" = full precision).
+    extra: int = 0
+    extra_label: str = ""
+    kv_label: str = ""
+    # The context was not chosen (no --max-kv-size): a cache that fits for the first
+    # UNCHOSEN_FLOOR tokens (``floor_kv`` bytes) but not for the model's whole context is a
+    # warning with the numbers, not a refusal (most chats never get there).
+    context_chosen: bool = True
+    floor_kv: int = 0
 
     @property
     def need(self) -> int:
-        return self.weights + self.kv + self.overhead
+        return self.weights + self.kv + self.overhead + self.extra
+
+    @property
+    def need_at_floor(self) -> int:
+        return self.weights + self.overhead + self.extra + min(self.kv, self.floor_kv)
 
     @property
     def verdict(self) -> str:
         """fits | tight (loads, but leaves little) | too-big (refused)."""
-        if self.need > self.available:
+        if self.need > self.available and (self.context_chosen
+                                           or self.need_at_floor > self.available):
             return "too-big"
         if self.need > TIGHT_FRACTION * self.available:
             return "tight"
         return "fits"
 
     def message(self) -> str:
+        kv = f", {self.kv_label}" if self.kv_label else ""
+        extra = f" + {self.extra_label} {gb(self.extra)}" if self.extra else ""
         parts = (f"{self.name} needs about {gb(self.need)} (weights {gb(self.weights)} + cache "
-                 f"for {self.context_tokens} tokens)")
+                 f"{gb(self.kv)} for {self.context_tokens} tokens{kv}{extra})")
+        if self.need > self.available and self.verdict != "too-big":
+            return (f"{parts} but only {gb(self.available)} is free: it loads, but the "
+                    "conversation cannot grow to the whole context; choose a smaller "
+                    "--max-kv-size or --kv-bits 8")
         if self.verdict == "too-big":
             return (f"{parts} but only {gb(self.available)} is free: close other programs "
                     "or choose a smaller or more quantized model")
@@ -167,9 +197,13 @@ class FitReport:
         return f"{parts}; {gb(self.available)} is free"
 
 
-def fit_report(path: Path, available: int | None = None, context_tokens: int = 4096,
-               name: str | None = None) -> FitReport:
-    """Estimate what the model at ``path`` needs with ``context_tokens`` of context.
+def fit_report(path: Path, available: int | None = None, context_tokens: int | None = 4096,
+               name: str | None = None, *, kv_bits: int | None = None,
+               kv_group_size: int = 64, extra: int = 0, extra_label: str = "",
+               context_chosen: bool = True) -> FitReport:
+    """Estimate what the model at ``path`` needs with ``context_tokens`` of context (None:
+    the model's own), its cache at ``kv_bits`` (None: full precision), plus ``extra`` bytes
+    (adapters, a draft model: ``extra_label`` names them).
 
     The context is capped at the model's own maximum; ``available`` defaults to
     ``system_available_memory()`` (no MLX, so any thread may call this).
@@ -177,12 +211,16 @@ def fit_report(path: Path, available: int | None = None, context_tokens: int = 4
     weights = sum(f.stat().st_size for f in weight_files(path))
     config = _read_config(path)
     longest = model_context_length(config)
+    if context_tokens is None:
+        context_tokens = longest or 4096
     tokens = min(context_tokens, longest) if longest else context_tokens
-    kv = estimate_kv_bytes(config, tokens)
+    kv = estimate_kv_bytes(config, tokens, kv_bits, kv_group_size)
     # Activations and MLX's buffers: a tenth of the weights, at least 64 MiB.
     overhead = max(weights // 10, 64 << 20)
     have = system_available_memory() if available is None else available
-    return FitReport(name or path.name, weights, kv, overhead, have, tokens)
+    floor = estimate_kv_bytes(config, min(tokens, UNCHOSEN_FLOOR), kv_bits, kv_group_size)
+    return FitReport(name or path.name, weights, kv, overhead, have, tokens, extra,
+                     extra_label, f"{kv_bits}-bit" if kv_bits else "", context_chosen, floor)
 
 
 def gb(n: float) -> str:
@@ -205,15 +243,36 @@ def fmt_count(n: float) -> str:
     return f"{n:.0f}"
 
 
-def check_fit(path: Path, probe: MemoryProbe, context_tokens: int = 4096,
-              warn: Callable[[str], None] | None = None) -> int:
+def check_fit(path: Path, probe: MemoryProbe, context_tokens: int | None = 4096,
+              warn: Callable[[str], None] | None = None, **counted: Any) -> int:
     """Refuse, with the numbers, a model that cannot fit; return its weight bytes.
 
     A model that fits only just is loaded, and ``warn`` (if given) gets one line about it.
+    ``counted``: ``fit_report``'s keywords (KV bits, adapters, a draft model).
     """
-    report = fit_report(path, probe(), context_tokens)
+    report = fit_report(path, probe(), context_tokens, **counted)
     if report.verdict == "too-big":
         raise ModelTooBig(report.message(), need=report.need, available=report.available)
     if report.verdict == "tight" and warn is not None:
         warn(report.message())
     return report.weights
+
+
+def adapter_bytes(path: str | Path | None) -> int:
+    """What an adapter adds once prepared: its weight files (LoRA matrices)."""
+    if not path:
+        return 0
+    folder = Path(path).expanduser()
+    try:
+        return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
+    except OSError:
+        return 0
+
+
+def context_cost(path: Path, context_tokens: int | None, kv_bits: int | None = None,
+                 kv_group_size: int = 64) -> tuple[int, int]:
+    """(tokens, KV bytes) of the chosen context (None: the model's own) for the model at
+    ``path``: what the model pane shows before the conversation gets there."""
+    report = fit_report(path, 1 << 62, context_tokens, kv_bits=kv_bits,
+                        kv_group_size=kv_group_size)
+    return report.context_tokens, report.kv

@@ -87,6 +87,10 @@ class CacheSlot:
     cache: list[Any]
     tokens: list[int] = field(default_factory=list)
     checkpoint: Checkpoint | None = None
+    # Speculative decoding (engine/speculative.py): the draft model's cache for the same
+    # conversation, and which draft made it (its identity). Dropped with the slot.
+    draft: CacheSlot | None = None
+    draft_of: str = ""
 
     @property
     def nbytes(self) -> int:
@@ -166,11 +170,21 @@ class CacheSnapshot:
 class PromptCaches:
     """The slots, one per cache key, at most ``max_slots`` of them (least recently used out)."""
 
-    def __init__(self, max_slots: int) -> None:
+    # A turn that would cut more than this many cached tokens keeps them on the shelf.
+    SHELVE_OVER = 8
+
+    def __init__(self, max_slots: int, shelf_bytes: int = 0) -> None:
         self.max_slots = max_slots
         self.model: Any = None  # the model the caches are made for (set by the core)
         self._slots: dict[CacheKey, CacheSlot] = {}
         self._order: dict[CacheKey, None] = {}  # least recently used first
+        # Branches: caches of other branches of the conversation (a reply regenerated, a
+        # message edited, another branch shown), kept whole so that going back to them
+        # reuses their own turns too; at most ``shelf_bytes`` in all, least recently used
+        # out. Only caches every layer of which can be cut are shelved.
+        self.shelf_bytes = shelf_bytes
+        self._shelf: list[tuple[CacheKey, CacheSlot]] = []  # least recently used first
+        self.last_reuse = ""  # what the last reuse_prefix took from the shelf, in words
 
     # -- slots ---------------------------------------------------------------------------
     def slot(self, key: CacheKey) -> CacheSlot:
@@ -188,13 +202,41 @@ class PromptCaches:
         return self._slots.get(key)
 
     def drop(self, key: CacheKey) -> None:
-        """Forget ``key``'s cache (its state is unknown, e.g. after a failure mid-turn)."""
+        """Forget ``key``'s cache (its state is unknown, e.g. after a failure mid-turn) and
+        the branch caches kept for it."""
         self._slots.pop(key, None)
         self._order.pop(key, None)
+        self._shelf = [(k, s) for k, s in self._shelf if k != key]
 
     def clear(self) -> None:
         self._slots.clear()
         self._order.clear()
+        self._shelf.clear()
+
+    def shelved(self, key: CacheKey) -> list[list[int]]:
+        """The token lists of the caches kept on the shelf for ``key`` (oldest first)."""
+        return [list(slot.tokens) for k, slot in self._shelf if k == key]
+
+    def _shelve(self, key: CacheKey, slot: CacheSlot) -> bool:
+        """Keep ``slot`` (whole) on the shelf if it fits the budget, evicting the oldest."""
+        size = slot.nbytes
+        if size > self.shelf_bytes or not slot.tokens:
+            return False
+        self._shelf.append((key, slot))
+        while sum(s.nbytes for _k, s in self._shelf) > self.shelf_bytes:
+            self._shelf.pop(0)
+        return True
+
+    def _from_shelf(self, key: CacheKey, prompt: list[int], than: int) -> CacheSlot | None:
+        """Take off the shelf the cache of ``key`` sharing the longest prefix with
+        ``prompt``, if longer than ``than``."""
+        best, best_len = None, than
+        for i, (k, slot) in enumerate(self._shelf):
+            if k == key:
+                n = common_prefix(slot.tokens, prompt)
+                if n > best_len:
+                    best, best_len = i, n
+        return None if best is None else self._shelf.pop(best)[1]
 
     def touch(self, key: CacheKey) -> None:
         self._order.pop(key, None)
@@ -216,8 +258,9 @@ class PromptCaches:
         return list(slot.tokens) if slot else []
 
     def nbytes(self, key: CacheKey) -> int:
+        """Bytes of ``key``'s cache and of the branch caches kept for it."""
         slot = self._slots.get(key)
-        return slot.nbytes if slot else 0
+        return (slot.nbytes if slot else 0) + sum(s.nbytes for k, s in self._shelf if k == key)
 
     # -- reuse ---------------------------------------------------------------------------
     def reuse_prefix(self, key: CacheKey, prompt: list[int]) -> int:
@@ -229,6 +272,9 @@ class PromptCaches:
         from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
         slot = self.slot(key)
+        self.last_reuse = ""
+        if self.shelf_bytes:
+            slot = self._shelf_swap(key, slot, prompt)
         common = min(common_prefix(slot.tokens, prompt), len(prompt) - 1)
         extra = len(slot.tokens) - common
         if extra > 0:
@@ -241,6 +287,34 @@ class PromptCaches:
                 self.drop(key)
                 return 0
         return common
+
+    def _shelf_swap(self, key: CacheKey, slot: CacheSlot, prompt: list[int]) -> CacheSlot:
+        """Before a turn: if a shelved cache of another branch shares more with ``prompt``,
+        it becomes the live one (the live one is shelved); if the live cache would lose
+        more than a seam's worth of another branch's tokens, they are shelved first and the
+        turn goes on in a copy of the shared part."""
+        common = common_prefix(slot.tokens, prompt)
+        shelved = self._from_shelf(key, prompt, common)
+        if shelved is not None:
+            if slot.tokens:
+                self._shelve(key, slot)
+            self._slots[key] = shelved
+            reused = min(common_prefix(shelved.tokens, prompt), len(prompt) - 1)
+            self.last_reuse = (f"{reused} tokens from the cache kept for this branch "
+                               f"({reused - min(common, len(prompt) - 1)} more than the "
+                               "other branch's)")
+            return shelved
+        keep = min(common, len(prompt) - 1)
+        if len(slot.tokens) - keep > self.SHELVE_OVER and keep > 0 \
+                and all(always_trimmable(c) for c in slot.cache) \
+                and slot.offset() == len(slot.tokens) \
+                and self._shelve(key, slot):
+            copy = CacheSlot([cut_layer(c, keep) for c in slot.cache], slot.tokens[:keep])
+            self._slots[key] = copy
+            self.last_reuse = (f"the other branch's {len(slot.tokens) - keep} tokens past "
+                               "the shared part are kept for it")
+            return copy
+        return slot
 
     # -- the public copy: sessions save and restore through these ------------------------
     def snapshot(self, key: CacheKey, valid: list[int] | None = None) -> CacheSnapshot | None:

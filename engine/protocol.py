@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from .adapter_swap import AdapterState
     from .adapters import AdapterInfo
     from .events import MemoryReading, ModelInfo, StateEvent, TurnDone
-    from .sampling import SamplingParams
+    from .sampling import SamplingParams, TurnOptions
+    from .speculative import DecodingSettings
     from .stream import EventStream
 
 T = TypeVar("T")
@@ -35,7 +36,12 @@ class EngineAPI(Protocol):
     def load(self, model: str, adapter: str | None = None) -> EventStream[ModelInfo]: ...
 
     def chat(self, messages: Iterable[Mapping[str, str]], params: SamplingParams | None = None,
-             *, ignore_eos: bool = False) -> EventStream[TurnDone]: ...
+             *, ignore_eos: bool = False, options: TurnOptions | None = None
+             ) -> EventStream[TurnDone]: ...
+
+    def load_draft(self, model: str | None) -> EventStream[ModelInfo | None]: ...
+
+    def set_decoding(self, settings: DecodingSettings) -> EventStream[DecodingSettings]: ...
 
     def use_adapter(self, path: str | Path | None, scale: float | None = None
                     ) -> EventStream[AdapterState]: ...

@@ -21,17 +21,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import memory as mem
+from .errors import WorkbenchError
 from .events import (
     AdapterChanged,
     MemoryReading,
     ModelChanged,
     ModelInfo,
     ModelLoaded,
+    Notice,
     StateEvent,
     TurnDone,
 )
 from .requests import RequestThread
-from .sampling import SamplingParams
+from .sampling import SamplingParams, TurnOptions
+from .speculative import DecodingSettings
 from .stream import EventStream
 
 if TYPE_CHECKING:  # the core, its adapters and models are imported on the engine thread
@@ -63,16 +66,25 @@ class Engine(RequestThread):
     def __init__(self, *, prefill_step_size: int | None = None,
                  max_kv_size: int | None = None,
                  memory_probe: mem.MemoryProbe | None = None,
-                 max_prepared_adapters: int = 4) -> None:
+                 max_prepared_adapters: int = 4, adapter_mode: str = "unfused",
+                 warm_up: bool | None = None,
+                 decoding: DecodingSettings | None = None,
+                 draft_model: str | None = None) -> None:
         self._listeners: list[Listener] = []
         self.info: ModelInfo | None = None  # the loaded model, readable from any thread
         # The active adapter (info None = base model) once a model is loaded; any thread.
         self.adapter: AdapterState | None = None
         self._core_args = (prefill_step_size, max_kv_size,
-                           memory_probe or mem.available_memory, max_prepared_adapters)
+                           memory_probe or mem.available_memory, max_prepared_adapters,
+                           adapter_mode, warm_up)
         # Made at the first request, on the engine thread, so that an app's first frame
         # does not share the interpreter with the core's imports.
         self._core: EngineCore | None = None
+        # KV quantization, prompt lookup, draft tokens (engine/speculative.py).
+        self._decoding = decoding
+        self.decoding = decoding or DecodingSettings()  # the last settings asked for (any thread)
+        # The draft model (folder or repo id) loaded after each model load (load_draft).
+        self.draft_wanted = draft_model
         super().__init__(f"mlx-engine-{next(self._ids)}")
         _live_engines.add(self)
 
@@ -108,9 +120,13 @@ class Engine(RequestThread):
         use, on the engine thread)."""
         def with_core(emit: Emit, cancel: threading.Event) -> Any:
             if self._core is None:
-                from .core import EngineCore
+                # Under mlx.launch, rank 0's core mirrors its requests to the other ranks
+                # (issue 14, engine/distributed.py); otherwise this is a plain EngineCore.
+                from .distributed import make_core
 
-                self._core = EngineCore(*self._core_args)
+                self._core = make_core(self._core_args)
+                if self._decoding is not None:
+                    self._core.set_decoding(self._decoding)
             return job(self._core, emit, cancel)
 
         return self._submit(with_core, wrap)
@@ -130,6 +146,12 @@ class Engine(RequestThread):
         def job(core: EngineCore, emit: Emit, cancel: threading.Event) -> ModelLoaded:
             try:
                 info = core.load(model, adapter, emit, cancel)
+                if self.draft_wanted and core.draft is None:
+                    try:
+                        core.load_draft(self.draft_wanted, emit, cancel)
+                    except WorkbenchError as exc:
+                        emit(Notice(f"{info.name} is loaded without a draft model: {exc}"))
+                    info = core.info or info
             finally:  # loaded, or failed (a failure before the old model went keeps it)
                 self.info = None  # a reload of the same model is a change too
                 self._announce(core, swapped=False)
@@ -138,16 +160,19 @@ class Engine(RequestThread):
         return self._submit_core(job, wrap=False)
 
     def chat(self, messages: Iterable[Message], params: SamplingParams | None = None, *,
-             ignore_eos: bool = False) -> EventStream[TurnDone]:
+             ignore_eos: bool = False, options: TurnOptions | None = None
+             ) -> EventStream[TurnDone]:
         """Generate the assistant's reply to ``messages`` (see ``run_turn``): events
-        ``PrefillProgress``, ``TokenText``, ``Memory``, ``Notice``, then ``TurnDone``."""
+        ``PrefillProgress``, ``TokenText``, ``TokenLogprob`` (with ``options.logprobs``),
+        ``Memory``, ``Notice``, then ``TurnDone``."""
         msgs = [dict(m) for m in messages]
         params = params or SamplingParams()
+        options = options or TurnOptions(ignore_eos=ignore_eos)
         submitted = time.perf_counter()
 
         def job(core: EngineCore, emit: Emit, cancel: threading.Event) -> TurnDone:
             final: TurnDone | None = None
-            for event in core.turn(msgs, params, cancel, submitted, ignore_eos):
+            for event in core.turn(msgs, params, cancel, submitted, options=options):
                 if isinstance(event, TurnDone):
                     final = event
                 else:
@@ -156,6 +181,38 @@ class Engine(RequestThread):
             return final
 
         return self._submit_core(job, wrap=False)
+
+    def load_draft(self, model: str | None) -> EventStream[ModelInfo | None]:
+        """Load ``model`` (folder or repo id) as the draft model for speculative decoding
+        (mlx-lm's), or stop using one (None). A model must be loaded; a draft whose
+        vocabulary differs from it ends in ``Error(kind="draft")`` with one line. Ends in
+        ``Result(ModelInfo)`` (its ``draft`` names the draft); listeners hear
+        ``ModelChanged``."""
+
+        def job(core: EngineCore, emit: Emit, cancel: threading.Event) -> ModelInfo | None:
+            try:
+                info = core.load_draft(model, emit, cancel)
+                self.draft_wanted = model
+                return info
+            finally:
+                self._announce(core, swapped=False)
+
+        return self.submit(job)
+
+    def set_decoding(self, settings: DecodingSettings) -> EventStream[DecodingSettings]:
+        """Decode with ``settings`` (KV quantization, prompt lookup, draft tokens per step)
+        from the next turn on; a KV change drops the caches written under the old one."""
+        self.decoding = settings
+
+        def job(core: EngineCore, _emit: Emit, _cancel: threading.Event) -> DecodingSettings:
+            self._decoding = settings
+            try:
+                return core.set_decoding(settings)
+            finally:
+                if core.loaded is not None:
+                    self._announce(core, swapped=False)
+
+        return self.submit(job)
 
     def _adapter_job(self, change: Callable[[EngineCore], AdapterState]
                      ) -> EventStream[AdapterState]:
@@ -187,6 +244,13 @@ class Engine(RequestThread):
         """Change the active adapter's scale (0 to 2 times trained) without a reload.
         ``Error`` when no adapter is active or the value is out of range."""
         return self._adapter_job(lambda core: core.set_adapter_scale(scale))
+
+    def set_adapter_mode(self, mode: str) -> EventStream[AdapterState]:
+        """How adapters run: auto (fused when the copy fits in memory, else unfused), fused
+        (whenever it fits) or unfused. The active adapter follows at once; fused and unfused
+        each keep their own conversation cache. ``Error(kind="bad-setting")`` for another
+        value."""
+        return self._adapter_job(lambda core: core.set_adapter_mode(mode))
 
     def list_adapters(self, dirs: Iterable[str | Path] = (),
                       extra_paths: Iterable[str | Path] = ()) -> EventStream[list[AdapterInfo]]:
@@ -239,6 +303,9 @@ class Engine(RequestThread):
     def _shutdown(core: EngineCore) -> None:
         """Free every array made on this thread before it ends (see MLX-FACTS, Threads)."""
         core.unload()
+        from .distributed import release
+
+        release(core)  # distributed (issue 14): the other ranks leave their loop
         if "mlx.core" in sys.modules:
             import mlx.core as mx
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .errors import BadSetting
@@ -26,6 +26,25 @@ _RULES: dict[str, tuple[str, Any]] = {
     "max_tokens": ("a whole number from 1 to 1000000", lambda v: 1 <= v <= 1_000_000),
     "seed": ("a whole number from 0 up, or none", lambda v: v is None or v >= 0),
 }
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """How one turn runs, beyond sampling: ``logprobs`` asks for each token's logprob and
+    its top K alternatives (0: none, and no cost); ``reply_prefix`` makes the reply start
+    with these token ids (a branch that continues from a chosen token); ``template_args``
+    go to the chat template (e.g. ``enable_thinking``); ``ignore_eos`` keeps generating
+    past the end-of-sequence token (benchmarks)."""
+
+    ignore_eos: bool = False
+    logprobs: int = 0
+    reply_prefix: tuple[int, ...] = ()
+    template_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.logprobs <= 100:
+            raise BadSetting(f"logprobs must be a whole number from 0 to 100, not "
+                             f"{self.logprobs}")
 
 
 @dataclass(frozen=True)

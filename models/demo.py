@@ -28,9 +28,9 @@ from typing import Any
 
 from engine.errors import WorkbenchError
 
-from .demo_tokenizer import EOS_TOKEN_ID, write_tokenizer
+from .demo_tokenizer import EOS_TOKEN_ID, THINKING_TEMPLATE, THINKING_TOKENS, write_tokenizer
 
-DEMO_VERSION = 3
+DEMO_VERSION = 4
 """Bumped whenever the kit's output changes, so a cached demo folder is rebuilt."""
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class DemoSpec:
     dtype: str = "float32"
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    thinking: bool = False  # a reasoning model's tokens and template (<think> blocks)
 
     def config(self, vocab_size: int) -> dict[str, Any]:
         cfg: dict[str, Any] = {
@@ -77,6 +78,9 @@ class DemoSpec:
 
 LLAMA = DemoSpec(name="llama", model_type="llama", seed=0)
 QWEN3 = DemoSpec(name="qwen3", model_type="qwen3", seed=1)
+# A reasoning model (random weights, Qwen3's shape, a Qwen3-style template that drops
+# earlier replies' reasoning and takes enable_thinking): for the <think> paths, offline.
+QWEN3_THINK = DemoSpec(name="qwen3-think", model_type="qwen3", seed=2, thinking=True)
 
 # Random models of real sizes, for benchmarks (the demo tokenizer keeps the vocabulary small,
 # so the layers carry the parameters, as in a real model of that size).
@@ -120,6 +124,10 @@ CHAT_MODEL = "demo-chat"
 """The shipped demo chat model (``CHAT_ASSETS / CHAT_MODEL``) and its adapters
 (``CHAT_ASSETS / "adapters"``), as ``python -m models.demo_recipe`` writes them."""
 
+TRAIN_CHAT = Path(__file__).resolve().parent / "demo_data" / "train_chat.json"
+"""A small chat dataset for ``workbench train --demo`` (train and valid examples); the kit
+holds it as mlx-lm's jsonl folder (``DemoKit.train_data``)."""
+
 Progress = Callable[[str], None]
 
 
@@ -130,8 +138,11 @@ def _corpus() -> list[str]:
     return [topics.topics[k] for k in sorted(topics.topics)]
 
 
-def _write_tokenizer(path: Path, vocab_size: int) -> int:
-    return write_tokenizer(path, _corpus(), vocab_size)
+def _write_tokenizer(path: Path, spec: DemoSpec) -> int:
+    if spec.thinking:
+        return write_tokenizer(path, _corpus(), spec.vocab_size,
+                               chat_template=THINKING_TEMPLATE, extra_tokens=THINKING_TOKENS)
+    return write_tokenizer(path, _corpus(), spec.vocab_size)
 
 
 STAMP_FILE = "DEMO_STAMP"
@@ -187,7 +198,7 @@ def build_model(path: str | Path, spec: DemoSpec = LLAMA) -> Path:
     path = Path(path)
     check_model_folder(path)
     path.mkdir(parents=True, exist_ok=True)
-    vocab = _write_tokenizer(path, spec.vocab_size)
+    vocab = _write_tokenizer(path, spec)
     config = spec.config(vocab)
     config["eos_token_id"] = EOS_TOKEN_ID
     model_cls, args_cls = _get_classes(config)
@@ -280,6 +291,11 @@ class DemoKit:
         return self.root / "qwen3"
 
     @property
+    def qwen3_think(self) -> Path:
+        """A reasoning model: its template writes and strips <think> blocks."""
+        return self.root / QWEN3_THINK.name
+
+    @property
     def llama_4bit(self) -> Path:
         return self.root / "llama-4bit"
 
@@ -308,6 +324,21 @@ class DemoKit:
     def default_model(self) -> Path:
         return self.chat
 
+    @property
+    def train_data(self) -> Path:
+        """``train.jsonl`` and ``valid.jsonl`` for training an adapter on the chat model."""
+        return self.root / "train-data"
+
+
+def write_train_data(folder: Path) -> Path:
+    """The shipped demo dataset (``TRAIN_CHAT``) as mlx-lm's jsonl files in ``folder``."""
+    doc = json.loads(TRAIN_CHAT.read_text(encoding="utf-8"))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "valid"):
+        rows = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in doc[name])
+        (folder / f"{name}.jsonl").write_text(rows, encoding="utf-8")
+    return folder
+
 
 def install_chat(root: Path) -> None:
     """Copy the shipped demo chat model and its adapters into the kit at ``root``."""
@@ -322,7 +353,7 @@ def install_chat(root: Path) -> None:
 def _stamp(root: Path) -> str:
     # The shipped chat model's manifest too: new weights in a release replace an old kit.
     try:
-        shipped = (CHAT_ASSETS / "RECIPE.json").read_bytes()
+        shipped = (CHAT_ASSETS / "RECIPE.json").read_bytes() + TRAIN_CHAT.read_bytes()
     except OSError:
         shipped = b""
     return hashlib.sha256(f"workbench-demo-v{DEMO_VERSION}".encode() + shipped).hexdigest()[:16]
@@ -350,8 +381,11 @@ def build_demo(root: str | Path, progress: Progress | None = None) -> DemoKit:
             quantize(tmp / spec.name, tmp / f"{spec.name}-4bit", bits=4)
             for adapter in ADAPTERS:
                 build_adapter(tmp / spec.name, kit.adapter(adapter.name, spec.name), adapter)
+        say("building the reasoning demo model")
+        build_model(tmp / QWEN3_THINK.name, QWEN3_THINK)
         say("installing the demo chat model")
         install_chat(tmp)
+        write_train_data(kit.train_data)
         (tmp / STAMP_FILE).write_text(_stamp(root))
         check_kit_folder(root)  # again: it may have changed during the build
         if root.exists():

@@ -19,10 +19,29 @@ CHAT_TEMPLATE = (
 )
 EOS_TOKEN_ID = SPECIAL_TOKENS.index(EOS_TOKEN)
 
+# A reasoning model's template, in the style of Qwen3's: replies in the history lose their
+# <think> block when the conversation is rendered again (so the next prompt parts from the
+# cached one at the seam), and ``enable_thinking=False`` closes an empty block in the prompt.
+THINKING_TOKENS = ["<think>", "</think>"]
+THINKING_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% set content = message['content'] %}"
+    "{% if message['role'] == 'assistant' and '</think>' in content %}"
+    "{% set content = content.split('</think>')[-1].lstrip('\\n') %}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + content + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}"
+    "{{ '<think>\\n\\n</think>\\n\\n' }}{% endif %}{% endif %}"
+)
 
-def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Any:
-    """Train a byte-level BPE tokenizer on ``texts``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024,
+                    extra_tokens: Iterable[str] = ()) -> Any:
+    """Train a byte-level BPE tokenizer on ``texts``; ``extra_tokens`` are added after the
+    trained vocabulary as whole tokens that decode as written (e.g. ``<think>``)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -31,19 +50,23 @@ def build_tokenizer(texts: Iterable[str], vocab_size: int = 1024) -> Any:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
+    extra = [AddedToken(t, special=False, normalized=False) for t in extra_tokens]
+    if extra:
+        tok.add_tokens(extra)
     return tok
 
 
 def write_tokenizer(path: Path, texts: Iterable[str], vocab_size: int = 1024,
-                    max_length: int = 4096) -> int:
+                    max_length: int = 4096, *, chat_template: str = CHAT_TEMPLATE,
+                    extra_tokens: Iterable[str] = ()) -> int:
     """Write ``tokenizer.json`` and the configs ``mlx_lm.load`` needs into the model folder
     ``path``; returns the vocabulary size. ``PreTrainedTokenizerFast`` is named, or
     transformers would pick a model-specific class and the token ids would change."""
-    tok = build_tokenizer(texts, vocab_size)
+    tok = build_tokenizer(texts, vocab_size, extra_tokens)
     tok.save(str(path / "tokenizer.json"))
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": chat_template,
         "eos_token": EOS_TOKEN,
         "pad_token": "<|endoftext|>",
         "bos_token": None,

@@ -19,9 +19,12 @@ if TYPE_CHECKING:
         ResumeReport,
         SaveReport,
         autosave,
+        close_cache,
         resume,
         save_cache,
+        save_incremental,
         submit_autosave,
+        submit_close,
         submit_resume,
     )
     from .cache_file import CacheUnusable, read_cache_header
@@ -58,6 +61,7 @@ _PUBLIC = {
     "SessionSummary": "store",
     "SessionTooNew": "errors",
     "autosave": "cache",
+    "close_cache": "cache",
     "check_name": "names",
     "export_data": "export",
     "export_json": "export",
@@ -67,7 +71,9 @@ _PUBLIC = {
     "resume": "cache",
     "sanitize_name": "names",
     "save_cache": "cache",
+    "save_incremental": "cache",
     "submit_autosave": "cache",
+    "submit_close": "cache",
     "submit_resume": "cache",
 }
 
@@ -101,6 +107,7 @@ __all__ = [
     "SessionTooNew",
     "autosave",
     "check_name",
+    "close_cache",
     "export_data",
     "export_json",
     "export_markdown",
@@ -109,6 +116,8 @@ __all__ = [
     "resume",
     "sanitize_name",
     "save_cache",
+    "save_incremental",
     "submit_autosave",
+    "submit_close",
     "submit_resume",
 ]

@@ -5,6 +5,15 @@ stopped. ``save_cache`` takes the engine's active cache through its public snaps
 (``EngineCore.snapshot``), cut to the tokens that match the transcript, and writes it as a
 standard mlx-lm prompt cache (``cache_file.write_cache``: with the model's fingerprint, the
 adapter identity, the token ids, a checksum of the tensor data and a schema version).
+
+An autosave does not rewrite that whole file after every turn: ``save_incremental``
+appends only the tokens the turn added, as a segment in ``NAME.cache/`` after the whole
+file (the *base*), committed by an atomic manifest (``sessions.cache_segments`` says why and
+how). The whole file is written again on the first save, on an explicit save and when the
+session is closed (``autosave(..., whole=True)``, ``submit_close``), and when the layers
+cannot be cut into token ranges (sliding windows). ``resume`` loads the base, then the
+segments its manifest names, and stops at the first that fails its checks: the tokens
+after it are read again from the transcript, with a one-line notice.
 ``resume`` checks all of those against the loaded model and the transcript before it trusts
 the file (``cache_file.load_checked``) and gives it back with ``EngineCore.restore``. Any
 mismatch (missing, truncated, corrupt, another model, adapter or schema) sets the file
@@ -23,7 +32,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +41,20 @@ from engine.events import Notice
 from engine.prompt_cache import common_prefix
 from models.repo_id import looks_like_repo_id
 
-from .cache_file import CacheUnusable, load_checked, write_cache
+from .cache_file import CacheUnusable, check_header, load_checked_digest, write_cache
+from .cache_segments import (
+    MAX_SEGMENTS,
+    Manifest,
+    SegmentFolder,
+    SegmentsUnusable,
+    cuttable,
+    layer_kinds,
+    load_chain,
+    plan,
+    remember,
+    saved_tokens,
+    write_segment,
+)
 from .errors import SessionError
 from .fingerprint import model_fingerprint
 from .store import SavedTranscript, SessionStore
@@ -46,13 +68,21 @@ Emit = Callable[[Any], None]
 
 @dataclass(frozen=True)
 class CacheSaved:
-    """What ``save_cache`` wrote (``path`` None and ``skipped`` set when it wrote nothing)."""
+    """What a cache save wrote (``path`` None and ``skipped`` set when it wrote nothing).
+
+    ``tokens``: how many tokens the saved cache holds now; ``bytes``: what this save wrote
+    (the whole file, or the new segment); ``kind``: ``"whole"`` (``NAME.safetensors``),
+    ``"segment"`` (one segment of ``NAME.cache/``), ``"manifest"`` (only the manifest: the
+    saved cache was cut back) or ``"none"``; ``new_tokens``: tokens written by this save.
+    """
 
     path: Path | None
     tokens: int
     bytes: int
     seconds: float
     skipped: str | None = None
+    kind: str = "whole"
+    new_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -108,30 +138,153 @@ def model_ref(core: EngineCore) -> str:
 
 # -- the engine-thread jobs ----------------------------------------------------------------
 def save_cache(core: EngineCore, store: SessionStore, session: Session) -> CacheSaved:
-    """Write the active prompt cache as ``NAME.safetensors`` (engine thread).
+    """Write the active prompt cache whole, as ``NAME.safetensors`` (engine thread), and
+    make it the base of the segment chain (the old segments go).
 
     Only the tokens that agree with the transcript are kept (the next turn could not reuse
-    the others). Writes nothing, and says why in ``skipped``, when nothing matches.
+    the others). Writes nothing, and says why in ``skipped``, when nothing matches or the
+    file already holds exactly this cache.
+    """
+    _require_model(core)
+    start = time.perf_counter()
+    snap = core.snapshot(valid=render_history(core, session.chat_messages()))
+    if snap is None:
+        return _nothing_cached(core)
+    return _save_whole(core, store, session, snap.cache, list(snap.tokens), start)
+
+
+def _nothing_cached(core: EngineCore) -> CacheSaved:
+    skipped = ("nothing is cached yet" if not core.cached_tokens()
+               else "the engine's cache holds another conversation")
+    return CacheSaved(None, 0, 0, 0.0, skipped=skipped, kind="none")
+
+
+def _save_whole(core: EngineCore, store: SessionStore, session: Session, cache: list[Any],
+                tokens: list[int], start: float) -> CacheSaved:
+    assert core.info is not None
+    path = store.cache_path(session.name)
+    store.acquire(session.name)
+    folder = SegmentFolder(store.segments_path(session.name))
+    if _whole_is_current(core, path, folder, tokens):
+        return CacheSaved(path, len(tokens), 0, time.perf_counter() - start,
+                          skipped="the whole file holds this cache already", kind="none")
+    digest = write_cache(core, path, cache, tokens, model_ref(core))
+    written = path.stat().st_size
+    if folder.exists():
+        with contextlib.suppress(SegmentsUnusable, OSError):
+            folder.check()
+            classes, quant = layer_kinds(cache)
+            manifest = Manifest(model_fingerprint(core.info.path), core.adapter_identity(),
+                                classes, quant, digest, len(tokens), ())
+            folder.write_manifest(manifest)
+            remember(folder, manifest, tokens)
+            folder.cleanup(manifest)
+    return CacheSaved(path, len(tokens), written, time.perf_counter() - start, kind="whole",
+                      new_tokens=len(tokens))
+
+
+def _whole_is_current(core: EngineCore, path: Path, folder: SegmentFolder,
+                      tokens: list[int]) -> bool:
+    """The whole file holds exactly ``tokens`` and no segment extends it (so a close after
+    a resume with nothing new writes nothing)."""
+    try:
+        header = check_header(core, path)
+    except CacheUnusable:
+        return False
+    if header.tokens != tokens:
+        return False
+    try:
+        manifest = folder.read_manifest() if folder.exists() else None
+    except SegmentsUnusable:
+        return False
+    return manifest is None or (not manifest.segments and manifest.base_tokens == len(tokens)
+                                and manifest.base_digest == header.metadata.get(
+                                    "workbench_digest"))
+
+
+def save_incremental(core: EngineCore, store: SessionStore, session: Session,
+                     valid_upto: int | None = None) -> CacheSaved:
+    """Save the active prompt cache, writing only the tokens not saved yet (engine thread).
+
+    ``valid_upto``: only that many saved tokens are known good (a resume found a damaged
+    segment after them): the segments past it are replaced.
+
+    The tokens that agree with the transcript are compared with the saved chain (the whole
+    file and the segments after it); what they share stays, one new segment holds the rest,
+    and the manifest is replaced atomically. The whole file is written instead on the first
+    save, when the layers cannot be cut into token ranges, when the segment folder cannot be
+    used, or after ``MAX_SEGMENTS`` segments.
     """
     _require_model(core)
     assert core.info is not None
     start = time.perf_counter()
     snap = core.snapshot(valid=render_history(core, session.chat_messages()))
     if snap is None:
-        skipped = ("nothing is cached yet" if not core.cached_tokens()
-                   else "the engine's cache holds another conversation")
-        return CacheSaved(None, 0, 0, 0.0, skipped=skipped)
-    keep = len(snap.tokens)
-    path = store.cache_path(session.name)
-    store.acquire(session.name)
-    write_cache(core, path, snap.cache, list(snap.tokens), model_ref(core))
-    return CacheSaved(path, keep, path.stat().st_size, time.perf_counter() - start)
+        return _nothing_cached(core)
+    cache, tokens = snap.cache, list(snap.tokens)
+    if not cuttable(cache):
+        return _save_whole(core, store, session, cache, tokens, start)
+    name = session.name
+    store.acquire(name)
+    folder = SegmentFolder(store.segments_path(name))
+    try:
+        base = check_header(core, store.cache_path(name))
+        digest = base.metadata.get("workbench_digest", "")
+        base_tokens = base.tokens or []
+        folder.check(create=True)
+    except (CacheUnusable, OSError):  # no usable whole file yet, or the folder is not ours
+        return _save_whole(core, store, session, cache, tokens, start)
+    classes, quant = layer_kinds(cache)
+    if tuple(base.classes) != classes:  # e.g. the cache was quantized since the whole save
+        return _save_whole(core, store, session, cache, tokens, start)
+    fingerprint, adapter = model_fingerprint(core.info.path), core.adapter_identity()
+    try:
+        manifest = folder.read_manifest()
+    except SegmentsUnusable:
+        manifest = None
+    if manifest is not None and ((manifest.fingerprint, manifest.adapter, manifest.classes,
+                                  manifest.quant, manifest.base_digest) != (
+            fingerprint, adapter, classes, quant, digest)
+            or manifest.base_tokens > len(base_tokens)):
+        manifest = None  # made under other weights, or the whole file is newer
+    old = manifest
+    if manifest is None:  # adopt the whole file as the base
+        manifest = Manifest(fingerprint, adapter, classes, quant, digest, len(base_tokens), ())
+        saved = base_tokens
+    else:
+        try:
+            saved = saved_tokens(folder, manifest, base_tokens)
+        except SegmentsUnusable:
+            manifest = Manifest(fingerprint, adapter, classes, quant, digest,
+                                manifest.base_tokens, ())
+            saved = base_tokens[: manifest.base_tokens]
+    if valid_upto is not None:
+        saved = saved[:valid_upto]
+    new, at = plan(manifest, saved, tokens)
+    if len(new.segments) >= MAX_SEGMENTS:
+        return _save_whole(core, store, session, cache, tokens, start)
+    written, kind = 0, "manifest"
+    if at < len(tokens):
+        segment = write_segment(folder, cache, tokens, at, len(tokens))
+        new = replace(new, segments=(*new.segments, segment))
+        written, kind = segment.bytes, "segment"
+    if new != old:
+        folder.write_manifest(new)
+    elif kind == "manifest":
+        kind = "none"
+    remember(folder, new, tokens)
+    with contextlib.suppress(OSError):
+        folder.cleanup(new)
+    return CacheSaved(folder.manifest_path, len(tokens), written, time.perf_counter() - start,
+                      kind=kind, new_tokens=len(tokens) - at)
 
 
-def autosave(core: EngineCore, store: SessionStore, session: Session) -> SaveReport:
-    """Save the transcript, then the prompt cache (engine thread). Give it a snapshot of the
-    session (``submit_autosave`` does): it sets ``updated``, ``title`` and the model's
-    fingerprint on the object it is given.
+def autosave(core: EngineCore, store: SessionStore, session: Session,
+             whole: bool = False) -> SaveReport:
+    """Save the transcript, then the prompt cache (engine thread): only what is new
+    (``save_incremental``), or with ``whole`` the standard single file (``save_cache``: an
+    explicit save, a close). Give it a snapshot of the session (``submit_autosave`` does):
+    it sets ``updated``, ``title`` and the model's fingerprint on the object it is given.
 
     A transcript that cannot be written raises ``SessionError``; a cache that cannot be
     written is reported in ``report.cache.skipped`` (the transcript is what matters).
@@ -144,11 +297,12 @@ def autosave(core: EngineCore, store: SessionStore, session: Session) -> SaveRep
     except OSError as exc:
         raise SessionError(f"session {session.name!r} could not be saved ({exc.strerror}): "
                            f"check that {store.folder} is writable and has free space") from None
+    save = save_cache if whole else save_incremental
     try:
-        cache = save_cache(core, store, session) if core.info is not None else CacheSaved(
-            None, 0, 0, 0.0, skipped="no model is loaded")
+        cache = save(core, store, session) if core.info is not None else CacheSaved(
+            None, 0, 0, 0.0, skipped="no model is loaded", kind="none")
     except OSError as exc:
-        cache = CacheSaved(None, 0, 0, 0.0,
+        cache = CacheSaved(None, 0, 0, 0.0, kind="none",
                            skipped=f"the prompt cache could not be written ({exc.strerror})")
     return SaveReport(saved, cache, session.title, session.model_fingerprint)
 
@@ -158,8 +312,10 @@ def resume(core: EngineCore, store: SessionStore, session: Session, emit: Emit |
     """Make the engine ready to continue ``session`` (engine thread; the model and adapter
     the session should run with must be loaded already).
 
-    Loads ``NAME.safetensors`` if it passes every check, so the next turn prefills only the
-    new message. Otherwise sets the file aside, emits a ``Notice`` and prefills the
+    Loads ``NAME.safetensors`` if it passes every check, then the segments of
+    ``NAME.cache/`` that extend it (up to the first that fails: the tokens after it are
+    prefilled again now, with a notice), so the next turn prefills only the new message.
+    Otherwise sets the file aside, emits a ``Notice`` and prefills the
     transcript again now (cancellable; progress as ``PrefillProgress`` events), then saves a
     fresh cache. The engine's previous caches are dropped either way.
     """
@@ -176,7 +332,9 @@ def resume(core: EngineCore, store: SessionStore, session: Session, emit: Emit |
     from mlx_lm.models.cache import can_trim_prompt_cache, trim_prompt_cache
 
     try:
-        cache, tokens = load_checked(core, path)
+        cache, tokens, digest = load_checked_digest(core, path)
+        cache, tokens, problem = _extend_with_segments(core, store, session.name, cache,
+                                                       tokens, digest)
         common = common_prefix(tokens, history)
         if common == 0:
             raise CacheUnusable("belongs to another conversation")
@@ -191,6 +349,19 @@ def resume(core: EngineCore, store: SessionStore, session: Session, emit: Emit |
     notice = None
     if common < len(tokens):
         trim_prompt_cache(cache, len(tokens) - common)
+    if problem is not None and common < len(history):
+        notice = (f"session {session.name!r}: the saved prompt cache {problem}: resuming "
+                  f"from its first {common} tokens and re-reading the other "
+                  f"{len(history) - common} from the transcript")
+        emit(Notice(notice))
+        core.restore(cache, tokens[:common])
+        done, cancelled = core.prefill(history, emit, cancel)
+        if not cancelled:  # the saved chain is whole again
+            with contextlib.suppress(OSError, CacheUnusable):
+                save_incremental(core, store, session, valid_upto=common)
+        return ResumeReport(True, common, done, len(history), reason=problem, notice=notice,
+                            cancelled=cancelled, seconds=time.perf_counter() - start)
+    if common < len(tokens):
         notice = (f"session {session.name!r}: the saved prompt cache agrees with the "
                   f"transcript for {common} of its {len(tokens)} tokens (the transcript, or how "
                   "the model's template renders it, changed since the save): the other "
@@ -199,6 +370,36 @@ def resume(core: EngineCore, store: SessionStore, session: Session, emit: Emit |
     core.restore(cache, tokens[:common])
     return ResumeReport(True, common, 0, len(history), notice=notice,
                         seconds=time.perf_counter() - start)
+
+
+def _extend_with_segments(core: EngineCore, store: SessionStore, name: str, cache: list[Any],
+                          tokens: list[int], digest: str
+                          ) -> tuple[list[Any], list[int], str | None]:
+    """The whole file's cache followed by the segments its manifest names (those that pass
+    their checks, in order); and why the chain stopped early, if it did. A manifest made
+    for another base (the whole file was written after it) is left out silently: the whole
+    file is the newer save. Reads only."""
+    assert core.info is not None
+    if not cuttable(cache):
+        return cache, tokens, None
+    folder = SegmentFolder(store.segments_path(name))
+    manifest: Manifest | None = None
+    problem: str | None = None
+    if folder.exists():
+        try:
+            manifest = folder.read_manifest()
+        except SegmentsUnusable as why:
+            problem = str(why)
+    if manifest is not None:
+        classes, quant = layer_kinds(cache)
+        if (manifest.fingerprint, manifest.adapter, manifest.classes, manifest.quant,
+                manifest.base_digest) != (model_fingerprint(core.info.path),
+                                          core.adapter_identity(), classes, quant, digest):
+            manifest = None
+        elif manifest.base_tokens > len(tokens):
+            manifest, problem = None, "has a segment manifest that does not fit its base"
+    chain = load_chain(folder, manifest, cache, tokens)
+    return chain.cache, chain.tokens, chain.problem or problem
 
 
 def _rebuild(core: EngineCore, store: SessionStore, session: Session, history: list[int],
@@ -230,9 +431,32 @@ def submit_resume(engine: EngineAPI, store: SessionStore, session: Session
     return engine.submit(lambda core, emit, cancel: resume(core, store, snapshot, emit, cancel))
 
 
-def submit_autosave(engine: EngineAPI, store: SessionStore, session: Session
-                    ) -> EventStream[SaveReport]:
-    """``engine.submit`` an autosave of a snapshot of ``session``. Ends in
-    ``Result(SaveReport)`` (or ``Error`` if the transcript could not be written)."""
+def submit_autosave(engine: EngineAPI, store: SessionStore, session: Session,
+                    whole: bool = False) -> EventStream[SaveReport]:
+    """``engine.submit`` an autosave of a snapshot of ``session`` (with ``whole``: the
+    standard single cache file, as an explicit save). Ends in ``Result(SaveReport)`` (or
+    ``Error`` if the transcript could not be written)."""
     snapshot = copy.deepcopy(session)
-    return engine.submit(lambda core, _emit, _cancel: autosave(core, store, snapshot))
+    return engine.submit(lambda core, _emit, _cancel: autosave(core, store, snapshot, whole))
+
+
+def close_cache(core: EngineCore, store: SessionStore, session: Session) -> CacheSaved:
+    """When a session is closed (or the app quits): write its prompt cache whole, as the
+    standard ``NAME.safetensors`` that ``mlx_lm generate --prompt-cache-file`` reads
+    (nothing is written when that file holds it already). Never raises for a cache that
+    cannot be saved: says why in ``skipped``."""
+    if core.info is None:
+        return CacheSaved(None, 0, 0, 0.0, skipped="no model is loaded", kind="none")
+    try:
+        return save_cache(core, store, session)
+    except (OSError, SessionError) as exc:
+        return CacheSaved(None, 0, 0, 0.0, kind="none",
+                          skipped=f"the prompt cache could not be written ({exc})")
+
+
+def submit_close(engine: EngineAPI, store: SessionStore, session: Session
+                 ) -> EventStream[CacheSaved]:
+    """``engine.submit`` ``close_cache`` for a snapshot of ``session`` (queued after the
+    autosaves in flight, so it sees the same cache). Ends in ``Result(CacheSaved)``."""
+    snapshot = copy.deepcopy(session)
+    return engine.submit(lambda core, _emit, _cancel: close_cache(core, store, snapshot))

@@ -14,7 +14,10 @@ engine thread.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,19 +52,39 @@ class CacheHeader:
     classes: list[str]  # one cache class name per layer
     file_bytes: int
 
-    @property
+    @functools.cached_property
     def tokens(self) -> list[int] | None:
+        """The token ids (read once: at 32k tokens parsing them is not free)."""
         try:
             tokens = json.loads(self.metadata.get(KEY_TOKENS, ""))
         except ValueError:
             return None
-        if isinstance(tokens, list) and all(type(t) is int and t >= 0 for t in tokens):
+        if isinstance(tokens, list) and set(map(type, tokens)) <= {int} \
+                and (not tokens or min(tokens) >= 0):
             return tokens
         return None
 
 
+_headers: dict[str, tuple[tuple[int, int, int, int], CacheHeader]] = {}
+_headers_lock = threading.Lock()
+
+
 def read_cache_header(path: Path) -> CacheHeader:
-    """The header of the cache file at ``path``; ``CacheUnusable`` if it is damaged."""
+    """The header of the cache file at ``path``; ``CacheUnusable`` if it is damaged.
+
+    Remembered while the file is unchanged (same inode, size and modification time): an
+    incremental save reads its base's header every turn, and at 32k tokens parsing the
+    token ids costs tens of milliseconds. (The tensor data is checked on every load.)"""
+    try:
+        st = os.stat(path)
+        key: tuple[int, int, int, int] | None = (st.st_dev, st.st_ino, st.st_size,
+                                                 st.st_mtime_ns)
+    except OSError:
+        key = None
+    with _headers_lock:
+        hit = _headers.get(str(path))
+    if key is not None and hit is not None and hit[0] == key:
+        return hit[1]
     try:
         header = read_safetensors_header(path)
     except SafetensorsHeaderError as exc:
@@ -69,7 +92,13 @@ def read_cache_header(path: Path) -> CacheHeader:
     raw = header.metadata  # mlx-lm writes "0.KEY" for user metadata, "1.N" per layer class
     metadata = {k[2:]: v for k, v in raw.items() if k.startswith("0.")}
     layers = {int(k[2:]): v for k, v in raw.items() if k.startswith("1.") and k[2:].isdigit()}
-    return CacheHeader(metadata, [layers[i] for i in sorted(layers)], header.file_bytes)
+    cache_header = CacheHeader(metadata, [layers[i] for i in sorted(layers)], header.file_bytes)
+    if key is not None:
+        with _headers_lock:
+            if len(_headers) > 16:
+                _headers.clear()
+            _headers[str(path)] = (key, cache_header)
+    return cache_header
 
 
 def tensor_digest(cache: Iterable[Any]) -> str:
@@ -91,8 +120,9 @@ def tensor_digest(cache: Iterable[Any]) -> str:
 
 
 def write_cache(core: EngineCore, path: Path, cache: list[Any], tokens: list[int],
-                model_ref: str) -> None:
-    """Write ``cache`` (holding ``tokens``) to ``path`` atomically, with its checks."""
+                model_ref: str) -> str:
+    """Write ``cache`` (holding ``tokens``) to ``path`` atomically, with its checks; returns
+    the checksum written (``sessions.cache_segments`` names the file by it)."""
     from mlx_lm.models.cache import save_prompt_cache
 
     assert core.info is not None
@@ -107,13 +137,12 @@ def write_cache(core: EngineCore, path: Path, cache: list[Any], tokens: list[int
     }
     atomic_write_with(path, lambda tmp: save_prompt_cache(str(tmp), cache, metadata),
                       suffix=".tmp.safetensors")
+    return metadata[KEY_DIGEST]
 
 
-def load_checked(core: EngineCore, path: Path) -> tuple[list[Any], list[int]]:
-    """Load ``path`` if it was made by this model under this adapter and its tensor data is
-    intact; else ``CacheUnusable`` with the reason."""
-    from mlx_lm.models.cache import load_prompt_cache
-
+def check_header(core: EngineCore, path: Path) -> CacheHeader:
+    """The header of ``path`` if it says the file was made by this model under this adapter
+    with this model's layer kinds (no tensor is read); else ``CacheUnusable``."""
     assert core.info is not None
     if not path.exists():
         raise CacheUnusable("is missing")
@@ -131,18 +160,44 @@ def load_checked(core: EngineCore, path: Path) -> tuple[list[Any], list[int]]:
         then = meta.get(KEY_ADAPTER) or "no adapter"
         raise CacheUnusable(f"was made under another adapter ({then}, now "
                             f"{adapter or 'no adapter'})")
-    tokens = header.tokens
-    if tokens is None:
+    if header.tokens is None:
         raise CacheUnusable("is damaged (its token ids are unreadable)")
     expected = [type(c).__name__ for c in core.new_cache()]
-    if header.classes != expected:
+    if not same_kinds(header.classes, expected):
         raise CacheUnusable(f"does not fit this model ({len(header.classes)} layer caches, "
                             f"the model has {len(expected)})")
+    return header
+
+
+def same_kinds(saved: list[str], model: list[str]) -> bool:
+    """The saved layer kinds fit the model's: the same, except that a plain K/V layer may
+    have been quantized (mlx-lm's ``--kv-bits`` turns ``KVCache`` into ``QuantizedKVCache``
+    as the conversation grows)."""
+    return len(saved) == len(model) and all(
+        s == m or (s, m) == ("QuantizedKVCache", "KVCache") for s, m in zip(saved, model,
+                                                                            strict=True))
+
+
+def load_checked(core: EngineCore, path: Path) -> tuple[list[Any], list[int]]:
+    """Load ``path`` if it was made by this model under this adapter and its tensor data is
+    intact; else ``CacheUnusable`` with the reason."""
+    cache, tokens, _digest = load_checked_digest(core, path)
+    return cache, tokens
+
+
+def load_checked_digest(core: EngineCore, path: Path) -> tuple[list[Any], list[int], str]:
+    """``load_checked``, and the checksum the file carries (what a segment manifest names
+    its base by)."""
+    from mlx_lm.models.cache import load_prompt_cache
+
+    header = check_header(core, path)
+    tokens = header.tokens
+    assert tokens is not None
     try:
         cache = load_prompt_cache(str(path))
     except Exception:  # noqa: BLE001 - RuntimeError/ValueError/KeyError for a damaged file
         raise CacheUnusable("is damaged (its tensors cannot be loaded)") from None
-    want = meta.get(KEY_DIGEST)
+    want = header.metadata.get(KEY_DIGEST)
     if want is None:
         raise CacheUnusable("has no checksum (it was written by an older workbench)")
     if tensor_digest(cache) != want:
@@ -152,4 +207,4 @@ def load_checked(core: EngineCore, path: Path) -> tuple[list[Any], list[int]]:
         if isinstance(offset, int) and offset != len(tokens):
             raise CacheUnusable(f"is damaged (it holds {offset} entries for {len(tokens)} "
                                 "tokens)")
-    return cache, tokens
+    return cache, tokens, want

@@ -7,6 +7,7 @@ it), and writes the file private (0600): a conversation is nobody else's busines
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from datetime import datetime
@@ -23,8 +24,29 @@ def _when(t: datetime) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
 
 
-def export_markdown(session: Session) -> str:
-    """The conversation as Markdown: a header of settings, then one section per message."""
+def export_markdown(session: Session, branches: str = "current") -> str:
+    """The conversation as Markdown: a header of settings, then one section per message.
+    ``branches="all"`` adds every other branch after the one shown, each from where it
+    parts from the others."""
+    text = _markdown(session)
+    if branches != "all":
+        return text
+    from . import branches as tree
+
+    listed = tree.branch_list(session.messages)
+    parts = [text.rstrip()]
+    for info in listed[1:]:
+        messages = copy.deepcopy(session.messages)
+        tree.select(messages, info)
+        start = info.fork_points[-1] if info.fork_points else 0
+        parts += ["", f"# Branch {info.number} of {len(listed)} (from message {start + 1})"]
+        for m in messages[start:]:
+            heading = "You" if m.role == "user" else "Assistant"
+            parts += ["", f"## {heading} ({_when(m.time)})", "", m.content]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _markdown(session: Session) -> str:
     lines = [f"# {session.title or session.default_title()}", ""]
     facts = [("session", session.name), ("model", session.model or "?"),
              ("adapter", f"{session.adapter} (scale {session.adapter_scale:g})"
@@ -71,10 +93,14 @@ def _stats_line(stats: dict[str, Any]) -> str:
     return " · ".join(parts) or "no statistics"
 
 
-def export_data(session: Session) -> dict[str, Any]:
-    """The transcript as plain JSON-ready data (times as ISO 8601 text)."""
+def export_data(session: Session, branches: str = "current") -> dict[str, Any]:
+    """The transcript as plain JSON-ready data (times as ISO 8601 text): the branch shown
+    (``branches="current"``) or the whole tree (``"all"``: every message with its id and
+    parent, as in the session file)."""
     data = session.to_toml_data()
     data["name"] = session.name
+    if branches != "all":  # the shown branch is written first, as ids 1..n
+        data["messages"] = data["messages"][:len(session.messages)]
 
     def plain(value: Any) -> Any:
         if isinstance(value, datetime):
@@ -88,8 +114,8 @@ def export_data(session: Session) -> dict[str, Any]:
     return dict(plain(data))
 
 
-def export_json(session: Session) -> str:
-    return json.dumps(export_data(session), indent=2, ensure_ascii=False) + "\n"
+def export_json(session: Session, branches: str = "current") -> str:
+    return json.dumps(export_data(session, branches), indent=2, ensure_ascii=False) + "\n"
 
 
 def write_export(store: SessionStore, text: str, path: str | Path, *,

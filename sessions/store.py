@@ -1,4 +1,5 @@
-"""The sessions folder: ``NAME.toml`` transcripts beside ``NAME.safetensors`` prompt caches.
+"""The sessions folder: ``NAME.toml`` transcripts beside ``NAME.safetensors`` prompt caches
+(and ``NAME.cache/``, the segments incremental saves append: ``sessions.cache_segments``).
 
 ``SessionStore`` lists, opens, saves, renames and deletes sessions. It never runs MLX (the
 prompt cache side lives in ``sessions.cache`` and runs on the engine thread), so any thread
@@ -43,6 +44,7 @@ from .transcript import Session, now, parse_session
 TRANSCRIPT = ".toml"
 CACHE = ".safetensors"
 STALE = ".safetensors.stale"
+SEGMENTS = ".cache"  # the folder of incremental cache segments (sessions/cache_segments.py)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,10 @@ class SessionStore(SessionLocks):
     def stale_path(self, name: str) -> Path:
         return self.folder / f"{check_name(name)}{STALE}"
 
+    def segments_path(self, name: str) -> Path:
+        """``NAME.cache/``: the prompt cache's incremental segments and their manifest."""
+        return self.folder / f"{check_name(name)}{SEGMENTS}"
+
     def exists(self, name: str) -> bool:
         return self.transcript_path(name).is_file()
 
@@ -114,10 +120,13 @@ class SessionStore(SessionLocks):
         except OSError:
             return False
         for c in candidates:
+            if c.parent.name.endswith(SEGMENTS) and c.parent.parent == folder:
+                return True  # inside a session's segment folder
             if c.parent != folder:
                 continue
             name = c.name
-            if name.startswith(".") or name.endswith((TRANSCRIPT, CACHE, STALE, ".lock")) \
+            if name.startswith(".") or name.endswith((TRANSCRIPT, CACHE, STALE, SEGMENTS,
+                                                      ".lock")) \
                     or ".toml.damaged-" in name:
                 return True
         return False
@@ -156,7 +165,8 @@ class SessionStore(SessionLocks):
         base = sanitize_name(base, default="chat")
         self.check_folder()
         name, n = base, 1
-        while self.exists(name) or self.cache_path(name).exists():
+        while self.exists(name) or self.cache_path(name).exists() \
+                or os.path.lexists(self.segments_path(name)):
             n += 1
             name = f"{base[: MAX_NAME - len(str(n)) - 1]}-{n}"
         return name
@@ -209,6 +219,11 @@ class SessionStore(SessionLocks):
     def _summary(self, name: str, path: Path) -> SessionSummary:
         cache = self.cache_path(name)
         cache_bytes = cache.stat().st_size if cache.is_file() else 0
+        segments = self.segments_path(name)
+        if segments.is_dir() and not segments.is_symlink():
+            from .cache_segments import SegmentFolder
+
+            cache_bytes += SegmentFolder(segments).size_bytes()
         try:
             toml_bytes = path.stat().st_size
             s = parse_session(name, path.read_bytes())
@@ -276,6 +291,8 @@ class SessionStore(SessionLocks):
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
                     removed.append(p)
+            if self._delete_segments(name):
+                removed.append(self.segments_path(name))
             self._seen.pop(name, None)
         finally:
             self.release(name)
@@ -303,6 +320,7 @@ class SessionStore(SessionLocks):
                 self.release(old)
             raise
         # The caches first: a crash half-way leaves the transcript under its old name.
+        self._rename_segments(old, new)
         for src, dst in ((self.cache_path(old), self.cache_path(new)),
                          (self.stale_path(old), self.stale_path(new)),
                          (self.transcript_path(old), self.transcript_path(new))):
@@ -314,6 +332,40 @@ class SessionStore(SessionLocks):
         self.release(old)
         if not held:
             self.release(new)
+
+    def _delete_segments(self, name: str) -> bool:
+        """Remove ``NAME.cache/`` if it is the workbench's (its own files only; a folder
+        holding anything else stays). True when it went."""
+        from .cache_segments import SegmentFolder, SegmentsUnusable
+
+        folder = SegmentFolder(self.segments_path(name))
+        if not folder.exists():
+            return False
+        try:
+            folder.check()
+            folder.cleanup(None)
+            for own in (folder.manifest_path, folder.path / ".workbench-cache"):
+                own.unlink(missing_ok=True)
+            folder.path.rmdir()
+        except (SegmentsUnusable, OSError):
+            return False
+        return True
+
+    def _rename_segments(self, old: str, new: str) -> None:
+        """Move ``OLD.cache/`` to ``NEW.cache/`` (when it is ours and the name is free)."""
+        from .cache_segments import SegmentFolder, SegmentsUnusable, remember
+
+        src, dst = SegmentFolder(self.segments_path(old)), self.segments_path(new)
+        if not src.exists():
+            return
+        try:
+            src.check()
+        except SegmentsUnusable:
+            return
+        if os.path.lexists(dst) and not self._delete_segments(new):
+            return
+        remember(src, None, [])
+        os.replace(src.path, dst)
 
 
 def _size(path: Path) -> int:

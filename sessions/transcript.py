@@ -18,9 +18,11 @@ import tomli_w
 from engine.errors import BadSetting
 from engine.sampling import SamplingParams
 
+from . import branches
 from .errors import BadSession, SessionTooNew
 
-SCHEMA_VERSION = 1
+# 2: the branch tree (each message has an id and a parent; see sessions/branches.py).
+SCHEMA_VERSION = 2
 ROLES = ("user", "assistant")
 _STAT_TYPES = (int, float, str, bool)
 
@@ -43,6 +45,15 @@ class SessionMessage:
     stats: dict[str, Any] = field(default_factory=dict)
     # The system prompt a reply was written under; None: the session's (as it is now).
     system_prompt: str | None = None
+    # Optional, for training on sessions (``workbench train --sessions``): a reply the user
+    # marked good, and the user's corrected text of a reply (the training target; ``content``
+    # stays what the model wrote). Absent from older files, written only when set.
+    good: bool = False
+    edited: str | None = None
+    # Branches (sessions/branches.py): the sibling branches that part from this one at this
+    # message, and this branch's number among its siblings.
+    alternatives: list[list[SessionMessage]] = field(default_factory=list, repr=False)
+    branch_no: int = 1
 
 
 @dataclass
@@ -59,20 +70,54 @@ class Session:
     adapter_scale: float = 1.0
     system_prompt: str = ""
     sampling: SamplingParams = field(default_factory=SamplingParams)
-    messages: list[SessionMessage] = field(default_factory=list)
+    # Chat-template arguments the conversation is rendered with (e.g. enable_thinking).
+    template_args: dict[str, bool | int | float | str] = field(default_factory=dict)
+    # The KV-cache quantization the conversation's cache is written with (the optional
+    # [kv] table: bits, group_size, start; empty = full precision). See
+    # engine/speculative.py KVSettings: a saved cache is valid only under the same ones.
+    kv: dict[str, int] = field(default_factory=dict)
+    messages: list[SessionMessage] = field(default_factory=list)  # the branch shown
     problems: list[str] = field(default_factory=list)  # harmless oddities found on reading
+    # A fork waiting for the message that starts its new branch (see fork()).
+    parked: branches.Parked | None = field(default=None, repr=False)
 
     # -- the conversation ----------------------------------------------------------------
     def add_user(self, text: str) -> SessionMessage:
-        msg = SessionMessage("user", text)
-        self.messages.append(msg)
-        return msg
+        return self._append(SessionMessage("user", text))
 
     def add_reply(self, text: str, stats: dict[str, Any] | None = None, adapter: str = "",
                   cancelled: bool = False) -> SessionMessage:
-        msg = SessionMessage("assistant", text, adapter=adapter, cancelled=cancelled,
-                             stats=dict(stats or {}), system_prompt=self.system_prompt)
+        return self._append(SessionMessage("assistant", text, adapter=adapter,
+                                           cancelled=cancelled, stats=dict(stats or {}),
+                                           system_prompt=self.system_prompt))
+
+    def _append(self, msg: SessionMessage) -> SessionMessage:
+        if self.parked is not None and self.parked.position == len(self.messages):
+            branches.attach(self.parked, msg)
+            self.parked = None
         self.messages.append(msg)
+        return msg
+
+    # -- branches ------------------------------------------------------------------------
+    def fork(self, index: int) -> None:
+        """Start a new branch at ``index``: what is shown from there on becomes a sibling
+        branch, and the next message added there starts the new one."""
+        self.unfork()
+        self.parked = branches.fork(self.messages, index)
+
+    def unfork(self) -> None:
+        """A fork that got no message (its turn failed): show the branch it replaced."""
+        if self.parked is not None:
+            parked, self.parked = self.parked, None
+            branches.restore(self.messages, parked)
+
+    def pop(self) -> SessionMessage:
+        """Remove the last message; if it started a branch, show the one it replaced."""
+        msg = self.messages.pop()
+        if msg.alternatives:
+            self.parked = branches.Parked(len(self.messages), msg.alternatives, msg.branch_no)
+            msg.alternatives = []
+            self.unfork()
         return msg
 
     def chat_messages(self) -> list[dict[str, str]]:
@@ -116,13 +161,26 @@ class Session:
             "sampling": {k: v for k, v in self.sampling.to_dict().items() if v is not None},
             "messages": [],
         }
-        for m in self.messages:
-            entry: dict[str, Any] = {"role": m.role, "content": m.content, "time": m.time}
+        if self.template_args:
+            data["template"] = dict(self.template_args)
+        if self.kv:
+            data["kv"] = dict(self.kv)
+        for m, node_id, parent, alt in branches.flatten(self.messages):
+            entry: dict[str, Any] = {"role": m.role, "content": m.content, "time": m.time,
+                                     "id": node_id, "parent": parent}
+            if alt:
+                entry["alt"] = True
+            if m.branch_no != 1:
+                entry["branch"] = m.branch_no
             if m.role == "assistant":
                 entry["adapter"] = m.adapter
                 entry["cancelled"] = m.cancelled
                 if m.system_prompt is not None and m.system_prompt != self.system_prompt:
                     entry["system_prompt"] = m.system_prompt
+                if m.good:
+                    entry["good"] = True
+                if m.edited is not None:
+                    entry["edited"] = m.edited
                 if m.stats:
                     entry["stats"] = {k: v for k, v in m.stats.items()
                                       if isinstance(v, _STAT_TYPES)}
@@ -132,8 +190,9 @@ class Session:
     def to_toml(self) -> str:
         """Long texts as readable multi-line strings, unless a text holds a carriage return
         (a TOML multi-line string would turn its CRLF into LF)."""
-        texts = [self.title, self.system_prompt, *(m.content for m in self.messages),
-                 *(m.system_prompt or "" for m in self.messages)]
+        every = [m for m, *_ in branches.flatten(self.messages)]
+        texts = [self.title, self.system_prompt, *(m.content for m in every),
+                 *(m.system_prompt or "" for m in every), *(m.edited or "" for m in every)]
         readable = not any("\r" in t for t in texts)
         return tomli_w.dumps(self.to_toml_data(), multiline_strings=readable)
 
@@ -223,7 +282,7 @@ def session_from_data(name: str, data: dict[str, Any]) -> Session:
     problems: list[str] = []
     top = _Reader(name, data, "", problems)
     top.unknown({"schema", "title", "created", "updated", "system_prompt", "model", "adapter",
-                 "sampling", "messages"})
+                 "sampling", "template", "messages", "kv"})
     created = top.time("created", now())
     session = Session(
         name=name,
@@ -245,10 +304,46 @@ def session_from_data(name: str, data: dict[str, Any]) -> Session:
         raise adapter.fail(f"scale must be a finite number, not {scale}")
     session.adapter_scale = float(scale)
     session.sampling = _sampling(name, top.table_("sampling"), problems)
+    template = _Reader(name, top.table_("template"), "[template] ", problems)
+    for key in template.table:
+        session.template_args[key] = template.get(key, (bool, int, float, str),
+                                                  "true, false, a number or text", None)
+    session.kv = _kv(name, top.table_("kv"), problems)
     raw = top.get("messages", (list,), "a list of [[messages]] tables", [])
+    rows = []
     for i, entry in enumerate(raw, 1):
-        session.messages.append(_message(name, i, entry, created, problems))
+        message = _message(name, i, entry, created, problems)
+        r = _Reader(name, entry, f"message {i}: ", problems)
+        node_id = r.get("id", (int,), "a whole number", i)
+        parent = r.get("parent", (int,), "a whole number", i - 1)
+        message.branch_no = r.get("branch", (int,), "a whole number", 1)
+        rows.append((message, node_id, parent, bool(r.get("alt", (bool,), "true or false",
+                                                           False))))
+    try:
+        session.messages = branches.rebuild(rows)
+    except ValueError as exc:
+        raise BadSession(f"session {name!r} cannot be read: its branches do not form a tree "
+                         f"({exc}); fix the ids and parents (the file was left unchanged)"
+                         ) from None
     return session
+
+
+def _kv(name: str, table: dict[str, Any], problems: list[str]) -> dict[str, int]:
+    """The [kv] table (KV-cache quantization); a bad one is a problem noted, and dropped."""
+    if not table:
+        return {}
+    from engine.speculative import KVSettings
+
+    reader = _Reader(name, table, "[kv] ", problems)
+    reader.unknown({"bits", "group_size", "start"})
+    try:
+        kv = KVSettings.from_dict({k: reader.get(k, (int,), "a whole number", None)
+                                   for k in ("bits", "group_size", "start")
+                                   if k in table})
+    except (BadSetting, TypeError, ValueError) as exc:
+        problems.append(f"session {name!r}: [kv] is ignored ({exc})")
+        return {}
+    return kv.to_dict()
 
 
 def _sampling(name: str, table: dict[str, Any], problems: list[str]) -> SamplingParams:
@@ -270,7 +365,8 @@ def _message(name: str, index: int, entry: Any, default_time: datetime,
         raise BadSession(f"session {name!r} cannot be read: {where}must be a [[messages]] "
                          f"table, not {_short(entry)}; the file was left unchanged")
     r = _Reader(name, entry, where, problems)
-    r.unknown({"role", "content", "time", "adapter", "cancelled", "stats", "system_prompt"})
+    r.unknown({"role", "content", "time", "adapter", "cancelled", "stats", "system_prompt",
+               "id", "parent", "alt", "branch", "good", "edited"})
     role = r.get("role", (str,), "user or assistant", None)
     if role not in ROLES:
         raise r.fail(f"role must be 'user' or 'assistant', not {_short(role)}")
@@ -288,4 +384,6 @@ def _message(name: str, index: int, entry: Any, default_time: datetime,
         cancelled=bool(r.get("cancelled", (bool,), "true or false", False)),
         stats=stats,
         system_prompt=r.text("system_prompt") if "system_prompt" in entry else None,
+        good=bool(r.get("good", (bool,), "true or false", False)),
+        edited=r.text("edited") if "edited" in entry else None,
     )

@@ -55,14 +55,25 @@ def chat_turn(engine: Any, messages: list[dict[str, str]], max_tokens: int = MAX
 
 
 def reference_tokens(engine: Any, model: Path, adapter: Path | None, prompt: list[int],
-                     max_tokens: int = MAX_TOKENS) -> list[int]:
-    """Greedy tokens from a fresh ``mlx_lm.load(model, adapter_path=adapter)`` on ``prompt``."""
+                     max_tokens: int = MAX_TOKENS, fused: bool | None = None) -> list[int]:
+    """Greedy tokens from a fresh ``mlx_lm.load(model, adapter_path=adapter)`` on ``prompt``.
+
+    When the engine runs the adapter fused (``--adapter-mode``, engine/adapter_fuse.py; None:
+    as ``engine.adapter`` says), the reference is what ``mlx_lm fuse`` does to that load: every
+    adapted layer replaced by its ``fuse()`` (the fused weights are the same bits whether
+    saved and loaded again or not)."""
+    if fused is None:
+        fused = adapter is not None and getattr(engine.adapter, "mode", None) == "fused"
 
     def fn(_core: Any, _emit: Any, _cancel: Any) -> list[int]:
         import mlx.core as mx
+        from mlx.utils import tree_unflatten
         from mlx_lm import load, stream_generate
 
         ref_model, tokenizer = load(str(model), adapter_path=str(adapter) if adapter else None)
+        if fused:
+            layers = [(n, m.fuse()) for n, m in ref_model.named_modules() if hasattr(m, "fuse")]
+            ref_model.update_modules(tree_unflatten(layers))
         return [r.token for r in stream_generate(ref_model, tokenizer, mx.array(prompt),
                                                  max_tokens=max_tokens)]
 

@@ -55,8 +55,10 @@ from engine import (
     Notice,
     PrefillProgress,
     SamplingParams,
+    TokenLogprob,
     TokenText,
     TurnDone,
+    TurnOptions,
     TurnStats,
 )
 from engine.adapter_swap import AdapterKey, check_scale
@@ -68,6 +70,7 @@ from engine.errors import (
     WorkbenchError,
 )
 from engine.memory import model_context_length
+from engine.reasoning import ReasoningSplitter
 from engine.requests import RequestThread
 from models.demo import is_demo_model
 from models.resolve import display_name, resolve_model
@@ -118,6 +121,7 @@ class ChatRequest:
     messages: list[dict[str, str]]
     params: SamplingParams
     ignore_eos: bool = False
+    options: TurnOptions = field(default_factory=TurnOptions)
 
 
 @dataclass
@@ -154,7 +158,8 @@ class FakeEngine(RequestThread):
                  adapters: Iterable[AdapterInfo | str] = (), missing: Iterable[str] = (),
                  is_demo: bool = False, context_length: int = 4096, memory_every: int = 8,
                  model_facts: Mapping[str, Any] | None = None,
-                 memory_reading: MemoryReading = FAKE_MEMORY) -> None:
+                 memory_reading: MemoryReading = FAKE_MEMORY,
+                 adapter_mode: str = "unfused") -> None:
         self.reply = reply  # the reply once the script is empty: text or f(messages)
         self.replies: deque[str] = deque(replies)  # scripted replies, used first, in order
         self.tokens_per_s = tokens_per_s  # pace of TokenText events (0 = as fast as possible)
@@ -167,8 +172,14 @@ class FakeEngine(RequestThread):
         self.context_length = context_length  # the scripted models' context (tokens = words)
         self.memory_every = memory_every  # a Memory event every N tokens (0 = only at the end)
         self.model_facts = dict(model_facts or {})  # ModelInfo fields to override
+        self.draft_model: str | None = None  # load_draft's last model (None: no draft)
+        self.decoding: Any = None  # set_decoding's last settings
+        self._vocab: dict[str, int] = {}  # word -> its fake token id (see token_id)
         # The system's side of every reading; weights and KV come from the model and cache.
         self.memory_reading = memory_reading
+        # The adapter mode setting (auto | fused | unfused): the fake runs adapters fused only
+        # when asked for "fused" (auto behaves as on a machine where the copy does not fit).
+        self.adapter_mode = adapter_mode
         self.chats: list[ChatRequest] = []  # every chat request, in order
         self.info: ModelInfo | None = None
         self.adapter: AdapterState | None = None
@@ -250,12 +261,51 @@ class FakeEngine(RequestThread):
         return self._submit(job, wrap=False)
 
     def chat(self, messages: Iterable[Mapping[str, str]], params: SamplingParams | None = None,
-             *, ignore_eos: bool = False) -> EventStream[TurnDone]:
+             *, ignore_eos: bool = False, options: TurnOptions | None = None
+             ) -> EventStream[TurnDone]:
         msgs = [dict(m) for m in messages]
         params = params or SamplingParams()
-        self.chats.append(ChatRequest(msgs, params, ignore_eos))
-        return self._submit(lambda emit, cancel: self._turn(msgs, params, ignore_eos, emit,
+        options = options or TurnOptions(ignore_eos=ignore_eos)
+        self.chats.append(ChatRequest(msgs, params, options.ignore_eos, options))
+        return self._submit(lambda emit, cancel: self._turn(msgs, params, options, emit,
                                                             cancel), wrap=False)
+
+    # -- "token ids": each distinct word gets one, so logprobs and forced starts have ids --
+    def token_id(self, word: str) -> int:
+        return self._vocab.setdefault(word, len(self._vocab) + 1)
+
+    def token_text(self, token: int) -> str:
+        for word, i in self._vocab.items():
+            if i == token:
+                return word
+        return ""
+
+    def _logprob(self, index: int, piece: str, k: int) -> TokenLogprob:
+        """Scripted probabilities: every third token is unsure; the alternatives are fixed
+        words ("maybe ", "perhaps "), so a test knows what it may pick."""
+        chosen = -1.6 if index % 3 == 2 else -0.05
+        top = sorted([(self.token_id(piece), piece, chosen),
+                      (self.token_id("maybe "), "maybe ", -1.2),
+                      (self.token_id("perhaps "), "perhaps ", -2.5)], key=lambda t: -t[2])[:k]
+        return TokenLogprob(index=index, token=self.token_id(piece), text=piece,
+                            logprob=chosen, entropy=1.5 if index % 3 == 2 else 0.2,
+                            top=tuple(top))
+
+    # -- faster decoding (engine/speculative.py): recorded, no numerics ------------------
+    def load_draft(self, model: str | None) -> EventStream[ModelInfo | None]:
+        def job(_emit: Emit, _cancel: threading.Event) -> ModelInfo | None:
+            self.draft_model = model
+            if self.info is not None:
+                self.info = replace(self.info, draft=Path(model).name if model else None)
+                self._announce(swapped=False)
+            return self.info
+        return self._submit(job, wrap=True)
+
+    def set_decoding(self, settings: Any) -> EventStream[Any]:
+        def job(_emit: Emit, _cancel: threading.Event) -> Any:
+            self.decoding = settings
+            return settings
+        return self._submit(job, wrap=True)
 
     def _adapter_job(self, change: Callable[[], AdapterState]) -> EventStream[AdapterState]:
         def job(_emit: Emit, _cancel: threading.Event) -> AdapterState:
@@ -402,7 +452,10 @@ class FakeEngine(RequestThread):
         if self._active is None or self._scale is None:
             return ""
         digest = hashlib.sha256(self._active.path.encode()).hexdigest()
-        return str(AdapterKey(self._active.name, digest, self._scale))
+        return str(AdapterKey(self._active.name, digest, self._scale, self._mode()))
+
+    def _mode(self) -> str:
+        return "fused" if self.adapter_mode == "fused" else "unfused"
 
     def _state(self, swap_ms: float = 0.0, prepare_ms: float = 0.0) -> AdapterState:
         a, s = self._active, self._scale
@@ -410,7 +463,9 @@ class FakeEngine(RequestThread):
             info=a, scale=s, lora_scale=a.scale * s if a and s is not None else None,
             identity=self._identity(), swap_ms=swap_ms, prepare_ms=prepare_ms,
             cached_tokens=len(self._caches.get(self._identity(), [])),
-            prepared=tuple(self._prepared))
+            prepared=tuple(self._prepared),
+            mode=None if a is None else self._mode(),
+            adapter_mode=self.adapter_mode)
 
     def _switch(self, old: str) -> None:
         if self._identity() != old:
@@ -450,8 +505,9 @@ class FakeEngine(RequestThread):
             return self.replies.popleft()
         return self.reply(msgs) if callable(self.reply) else self.reply
 
-    def _turn(self, msgs: list[dict[str, str]], params: SamplingParams, ignore_eos: bool,
+    def _turn(self, msgs: list[dict[str, str]], params: SamplingParams, options: TurnOptions,
               emit: Emit, cancel: threading.Event) -> TurnDone:
+        ignore_eos = options.ignore_eos
         model = self._require()
         failure, self._fail_next = self._fail_next, None
         if failure is not None:
@@ -469,25 +525,37 @@ class FakeEngine(RequestThread):
                         f"({limit}) is full: start a new conversation for longer replies"))
         key = self._identity()
         pending, self._pending_swap = self._pending_swap, None
+        cached_before = len(self._caches.get(key, []))
         reused = min(_common_prefix(self._caches.get(key, []), prompt), max(len(prompt) - 1, 0))
         self._caches[key] = prompt[:reused]
         total = len(prompt) - reused
+        forced = [self.token_text(t) for t in options.reply_prefix]
         pieces = words(self._next_reply(msgs))
         source = itertools.cycle(pieces) if ignore_eos and pieces else iter(pieces)
+        splitter = ReasoningSplitter()
+        reasoning = 0  # tokens up to the end of a <think> block
         tps = self.tokens_per_s or DEFAULT_DECODE_TPS
         generated: list[str] = []
         finish = "cancelled" if cancel.is_set() else "stop"
         if finish == "stop":
             self._caches[key] = prompt[:-1]
             emit(PrefillProgress(total, total))
+            for kind, text in splitter.feed("".join(forced)):
+                emit(TokenText(text, 0, tps, kind))
         for piece in source if finish == "stop" else ():
             if self.tokens_per_s > 0:
                 cancel.wait(1 / self.tokens_per_s)
             if cancel.is_set():
                 finish = "cancelled"
                 break
+            if options.logprobs:
+                emit(self._logprob(len(generated), piece, options.logprobs))
             generated.append(piece)
-            emit(TokenText(piece, len(generated), tps))
+            was_inside = splitter.inside
+            for kind, text in splitter.feed(piece):
+                emit(TokenText(text, len(generated), tps, kind))
+            if was_inside and not splitter.inside:  # the <think> block ended here
+                reasoning = len(generated)
             if self._pause_at is not None and len(generated) >= self._pause_at:
                 self._pause_at = None
                 self.paused.set()
@@ -503,6 +571,8 @@ class FakeEngine(RequestThread):
             if cancel.is_set():
                 finish = "cancelled"
                 break
+        for kind, text in splitter.flush():
+            emit(TokenText(text, len(generated), tps, kind))
         if generated:
             self._caches[key] = prompt + [p.strip() for p in generated if p.strip()]
         swap_ms, reprefill = None, 0
@@ -515,11 +585,16 @@ class FakeEngine(RequestThread):
         context = len(self._caches[key])
         prefilled = total if generated else context - reused
         emit(Memory(self._reading()))
-        return TurnDone("".join(generated), TurnStats(
+        return TurnDone("".join(forced + generated), TurnStats(
             prompt_tokens=len(prompt), reused_tokens=reused, prefill_tokens=max(0, prefilled),
             prefill_tps=PREFILL_TPS, ttft_s=round(total / PREFILL_TPS, 6), decode_tps=tps,
             generated_tokens=len(generated), finish_reason=finish,
             peak_memory=self._reading().mlx_peak, kv_bytes=context * KV_BYTES_PER_TOKEN,
             context_tokens=context, adapter=self._active.name if self._active else None,
             scale=self._scale if self._active else None, adapter_identity=key,
-            swap_ms=swap_ms, reprefill_tokens=reprefill))
+            swap_ms=swap_ms, reprefill_tokens=reprefill, forced_tokens=len(forced),
+            reasoning_tokens=reasoning, reasoning_s=round(reasoning / tps, 6),
+            cached_before=cached_before,
+            cache_miss=(f"reused {reused} of {cached_before} cached tokens: an earlier "
+                        "message differs (an edit, or another branch)"
+                        if reused < cached_before and reused < len(prompt) - 1 else "")))

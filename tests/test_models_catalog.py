@@ -83,11 +83,13 @@ def test_folders_recent_first_and_filter(demo_kit, tmp_path):
     entries = scan_models([demo_kit.root], include_cache=False, available=BIG,
                           recent=[str(demo_kit.qwen3_4bit), str(demo_kit.llama)])
     names = [e.name for e in entries]
-    # Adapters are not models; the kit's chat demo is one (a llama).
-    assert names == ["qwen3-4bit", "llama", "demo-chat", "llama-4bit", "qwen3"]
-    assert [e.recent_rank for e in entries] == [0, 1, None, None, None]
+    # Adapters are not models; the kit's chat demo is one (a llama), and so is the
+    # reasoning demo (a qwen3).
+    assert names == ["qwen3-4bit", "llama", "demo-chat", "llama-4bit", "qwen3", "qwen3-think"]
+    assert [e.recent_rank for e in entries] == [0, 1, None, None, None, None]
     assert all(e.is_demo and e.source == "folder" for e in entries)
     assert [e.name for e in filter_models(entries, "QWEN 4bit")] == ["qwen3-4bit"]
+    assert [e.name for e in filter_models(entries, "think")] == ["qwen3-think"]
     assert [e.name for e in filter_models(entries, "llama")] == ["llama", "demo-chat",
                                                                   "llama-4bit"]
     assert filter_models(entries, "mistral") == []

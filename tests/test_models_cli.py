@@ -51,7 +51,7 @@ def test_models_lists_cache_and_folders(demo_kit, hf_cache, capsys):
     assert lines[0].split()[:4] == ["MODEL", "PARAMS", "BITS", "SIZE"]
     names = [line.split()[0] for line in lines[1:]]
     assert names == ["demo-chat", "demo/cached-qwen3", "llama", "llama-4bit", "qwen3",
-                     "qwen3-4bit"]
+                     "qwen3-4bit", "qwen3-think"]
     assert "of memory free now" in err
 
     assert main(["models", "--json", "--folder", str(demo_kit.root), "qwen3", "4bit"]) == 0

@@ -60,7 +60,7 @@ def test_saved_session_reads_back_whole_and_is_human_readable(tmp_path):
         saved = _conversation(store)
     text = (tmp_path / "s" / "chat.toml").read_text()
     assert 'content = "question 1' in text or "question 1" in text
-    assert "[[messages]]" in text and "schema = 1" in text
+    assert "[[messages]]" in text and "schema = 2" in text
     back = SessionStore(tmp_path / "s").open("chat")
     assert back.to_toml_data() == saved.to_toml_data()
     assert back.turns == 2 and back.title == "question 1: what is a \"module\"?"

@@ -82,7 +82,10 @@ def conversation(demo_kit, tmp_path_factory):
             done = engine.chat(session.chat_messages(), PARAMS).wait(120)
             assert isinstance(done, TurnDone), done
             session.add_reply(done.text, done.stats.to_dict())
-            saved = submit_autosave(engine, store, session).wait(120)
+            # The last save writes the whole file, as closing the session does (autosaves
+            # in between append segments: tests/test_sessions_incremental.py).
+            saved = submit_autosave(engine, store, session,
+                                    whole=question == QUESTIONS[1]).wait(120)
             assert isinstance(saved, Result), saved
             saves.append(saved.value)
         session.add_user(QUESTIONS[2])
