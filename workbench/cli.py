@@ -13,7 +13,11 @@ from typing import Any
 from engine.errors import BadSetting, WorkbenchError
 from engine.sampling import PRESETS, SamplingParams, preset
 
-from . import models_cli
+from . import eval_cli, models_cli, train_cli
+
+# Modules that add subcommands: each has add_parsers(sub) and run(args) -> exit code or None
+# (None: not one of its commands).
+COMMAND_MODULES = (models_cli, train_cli, eval_cli)
 
 EPILOG = "Run `workbench COMMAND --help` for a command's options."
 
@@ -41,12 +45,49 @@ def _model_flags(required: bool = False) -> argparse.ArgumentParser:
     g.add_argument("--adapter", action="append", default=[], metavar="DIR",
                    help="a LoRA/DoRA adapter folder (mlx-lm format)")
     g.add_argument("--system", "-s", help="the system prompt")
+    g.add_argument("--adapter-mode", choices=("auto", "fused", "unfused"), default=None,
+                   help="how an adapter runs: unfused (default: exactly what "
+                        "mlx_lm.load(adapter_path=...) gives; slower on a GPU), fused "
+                        "(merged into a copy of the weights it touches: base-model speed and "
+                        "exactly what an `mlx_lm fuse` model gives; costs that memory) or "
+                        "auto (fused when the copy fits in memory, else unfused)")
     g.add_argument("--max-kv-size", type=int, default=None, metavar="N",
                    help="cap the context at N tokens (default: the model's)")
+    g.add_argument("--thinking", choices=("on", "off"), default=None,
+                   help="reasoning models: the chat template's enable_thinking switch "
+                        "(default: the template's own)")
     g.add_argument("--demo", action="store_true",
                    help="use the built-in demo model (tiny, trained on a few dozen answers; "
                         "no download)")
+    # Distributed (issue 14, docs/distributed.md): only under mlx.launch.
+    g.add_argument("--shard", choices=["tensor", "pipeline"], default=None,
+                   help="under mlx.launch: split the model over the ranks by tensor "
+                        "parallelism (default) or by layers (pipeline: for a model larger "
+                        "than one machine's memory)")
+    _decoding_flags(p)
     return p
+
+
+def _decoding_flags(p: argparse.ArgumentParser) -> None:
+    """Faster decoding and a smaller cache (engine/speculative.py), with mlx-lm's names."""
+    d = p.add_argument_group("decoding (the same replies, faster or in less memory)")
+    d.add_argument("--draft-model", metavar="M", default=None,
+                   help="speculative decoding with this smaller model of the same family "
+                        "(same tokenizer): a folder or a Hugging Face repo id")
+    d.add_argument("--num-draft-tokens", type=int, default=None, metavar="N",
+                   help="tokens the draft model proposes per step (default 3, as mlx-lm)")
+    d.add_argument("--prompt-lookup", type=int, nargs="?", const=10, default=None,
+                   metavar="N", help="draft up to N tokens (default 10) from n-grams of the "
+                                     "conversation itself: fast when replies repeat it")
+    d.add_argument("--prompt-lookup-ngram", type=int, default=None, metavar="N",
+                   help="with --prompt-lookup: the longest n-gram looked up (default 3)")
+    d.add_argument("--kv-bits", type=int, default=None, metavar="B",
+                   help="quantize the KV cache to B bits (2-8; default: none)")
+    d.add_argument("--kv-group-size", type=int, default=None, metavar="G",
+                   help="with --kv-bits: group size (32, 64 or 128; default 64)")
+    d.add_argument("--quantized-kv-start", type=int, default=None, metavar="T",
+                   help="with --kv-bits: quantize once the cache holds T tokens (default "
+                        "5000, as mlx-lm)")
 
 
 def sampling_from_args(args: argparse.Namespace, base: SamplingParams) -> SamplingParams:
@@ -69,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "memory live, hot-swap LoRA adapters. With no command, opens the app.",
         parents=[model, sampling], epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # No abbreviations at the top: it scans every argument, and `generate --prompt`
+        # would be taken for the prefix of --prompt-lookup (subcommands still allow them).
+        allow_abbrev=False,
     )
     parser.add_argument("--theme", help="the app's theme (see the command palette)")
     parser.add_argument("--session", help="open or create this saved session")
@@ -95,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="line mode (the default for this command; the full-screen app is "
                         "`workbench` itself)")
     c.add_argument("--jsonl", action="store_true", help="one JSON object per stdout line")
+    c.add_argument("--logprobs", type=int, default=0, metavar="K",
+                   help="with --jsonl: each reply lists its tokens with id, text, logprob "
+                        "and the top K alternatives (0-100; default 0: none)")
     c.add_argument("--session", help="resume or create this saved session")
     c.add_argument("--sessions-dir", help="where sessions are kept")
     c.add_argument("--adapters", metavar="DIR", help="a folder of adapter folders")
@@ -133,13 +180,28 @@ def build_parser() -> argparse.ArgumentParser:
     from .sessions_cli import add_parser as add_sessions_parser
 
     add_sessions_parser(sub)
-    models_cli.add_parsers(sub)
+    for module in COMMAND_MODULES:
+        module.add_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Distributed (issue 14): under mlx.launch every rank runs this command. Rank 0 goes on
+    # to the face asked for; every other rank follows rank 0's engine, headless.
+    from engine import distributed
+
+    if distributed.launched():
+        try:
+            world = distributed.join(getattr(args, "shard", None))
+        except WorkbenchError as exc:
+            print(f"workbench: {exc}", file=sys.stderr)
+            return 2
+        if world.rank != 0:
+            return distributed.follow(world)
+        if args.command is None:  # the app: keys reach rank 0 through mlx.launch, raw
+            distributed.raw_terminal()
     try:
         return _dispatch(args)
     except BadSetting as exc:
@@ -172,9 +234,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from bench.engine import run_bench
 
         return run_bench(args)
-    handled = models_cli.run(args)
-    if handled is not None:
-        return handled
+    for module in COMMAND_MODULES:
+        handled = module.run(args)
+        if handled is not None:
+            return handled
     from .tui.app import run_app
 
     return run_app(args)

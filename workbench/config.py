@@ -31,6 +31,9 @@ class Config:
     sessions_dir: str = ""
     recommended_model: str = RECOMMENDED_MODEL
     max_kv_size: int = 0  # 0: the model's own context length
+    # [decoding] (engine/speculative.py): draft_model, num_draft_tokens, prompt_lookup,
+    # prompt_lookup_ngram, kv_bits, kv_group_size, quantized_kv_start; flags win.
+    decoding: dict[str, Any] = field(default_factory=dict)
     sampling: SamplingParams = field(default_factory=SamplingParams)
     keys: dict[str, str] = field(default_factory=dict)  # binding id -> keys ("ctrl+s,f5")
     problems: tuple[str, ...] = ()
@@ -45,12 +48,14 @@ class Config:
     def to_toml(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
         for f in fields(self):
-            if f.name in ("problems", "path", "sampling", "keys"):
+            if f.name in ("problems", "path", "sampling", "keys", "decoding"):
                 continue
             data[f.name] = getattr(self, f.name)
         sampling = {k: v for k, v in self.sampling.to_dict().items() if v is not None}
         data["sampling"] = sampling
         data["keys"] = dict(self.keys)
+        if self.decoding:
+            data["decoding"] = dict(self.decoding)
         return data
 
 
@@ -99,7 +104,47 @@ def parse_config(data: dict[str, Any], source: str = "config") -> Config:
         else:  # this one is skipped; the rest of [keys] still applies
             problems.append(f"{source}: [keys] {binding} must be key names as text, such as "
                             f"\"ctrl+s,f5\", not {_short(value)} (ignored)")
-    return Config(**values, sampling=sampling, keys=keys, problems=tuple(problems))
+    decoding = _decoding(data.get("decoding", {}), source, problems)
+    return Config(**values, sampling=sampling, keys=keys, decoding=decoding,
+                  problems=tuple(problems))
+
+
+DECODING_KEYS = {"draft_model": str, "num_draft_tokens": int, "prompt_lookup": int,
+                 "prompt_lookup_ngram": int, "kv_bits": int, "kv_group_size": int,
+                 "quantized_kv_start": int}
+
+
+def _decoding(raw: Any, source: str, problems: list[str]) -> dict[str, Any]:
+    """The [decoding] table: each key checked with the engine's rules; a bad one is left
+    out (and reported), the rest apply."""
+    if not isinstance(raw, dict):
+        problems.append(f"{source}: [decoding] must be a table")
+        return {}
+    from engine.speculative import DecodingSettings, KVSettings
+
+    kept: dict[str, Any] = {}
+    for key, value in raw.items():
+        kind = DECODING_KEYS.get(key)
+        if kind is None:
+            problems.append(f"{source}: [decoding] unknown key {key!r} (ignored)")
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind):
+            problems.append(f"{source}: [decoding] {key} must be "
+                            f"{'text' if kind is str else 'a whole number'}, not "
+                            f"{_short(value)} (ignored)")
+            continue
+        trial = {**kept, key: value}
+        try:
+            KVSettings(trial.get("kv_bits"), trial.get("kv_group_size", 64),
+                       trial.get("quantized_kv_start", 5000))
+            DecodingSettings(num_draft_tokens=trial.get("num_draft_tokens", 3),
+                             prompt_lookup=trial.get("prompt_lookup", 0),
+                             lookup_ngram=trial.get("prompt_lookup_ngram", 3))
+        except BadSetting as exc:
+            problems.append(f"{source}: [decoding] {exc} (ignored)")
+            continue
+        kept[key] = value
+    return kept
 
 
 def _short(value: Any, limit: int = 40) -> str:

@@ -9,8 +9,8 @@ and the same object. It knows nothing of screens, terminals or MLX.
 
 from __future__ import annotations
 
-from engine import AdapterState, SamplingParams, TurnDone
-from sessions import Session, SessionMessage
+from engine import AdapterState, SamplingParams, TurnDone, TurnOptions
+from sessions import Session, SessionMessage, branches
 
 
 class Conversation:
@@ -28,7 +28,8 @@ class Conversation:
         """A new, empty conversation with the same system prompt and sampling (New chat);
         returns the session held before."""
         return self.replace_session(Session(name="unsaved", system_prompt=self.system_prompt,
-                                            sampling=self.params))
+                                            sampling=self.params,
+                                            template_args=dict(self.template_args)))
 
     # -- settings ------------------------------------------------------------------------
     @property
@@ -46,6 +47,22 @@ class Conversation:
     @params.setter
     def params(self, params: SamplingParams) -> None:
         self.session.sampling = params
+
+    @property
+    def template_args(self) -> dict[str, bool | int | float | str]:
+        """Chat-template arguments (e.g. ``enable_thinking``), kept in the session."""
+        return self.session.template_args
+
+    def set_thinking(self, on: bool | None) -> None:
+        """The template's ``enable_thinking`` switch (None: the template's default)."""
+        if on is None:
+            self.session.template_args.pop("enable_thinking", None)
+        else:
+            self.session.template_args["enable_thinking"] = bool(on)
+
+    def turn_options(self, logprobs: int = 0) -> TurnOptions:
+        """How the next turn runs: this conversation's template arguments, and logprobs."""
+        return TurnOptions(logprobs=logprobs, template_args=dict(self.template_args))
 
     def set_model(self, spec: str) -> None:
         """The model the conversation runs on (a repo id or a folder, as given to load)."""
@@ -94,23 +111,74 @@ class Conversation:
 
     def drop_unanswered(self) -> str:
         """Take back a user message that got no reply (the turn failed or was stopped before
-        its first token); returns its text, to give it back to the user."""
+        its first token); returns its text, to give it back to the user. A fork that got
+        nothing shows the branch it replaced again (a failed regenerate: the reply it was
+        to replace comes back, and nothing is given back)."""
+        parked = self.session.parked
+        if parked is not None and parked.position == len(self.messages):
+            self.session.unfork()
+            return ""
         if self.messages and self.messages[-1].role == "user":
-            return self.messages.pop().content
+            return self.session.pop().content
         return ""
 
     def pop_reply(self) -> SessionMessage | None:
-        """Remove the last reply (to regenerate it)."""
-        return self.messages.pop() if self.ends_with_reply() else None
+        """Take the last reply off the branch shown, to regenerate it: it stays, as a
+        sibling of the reply to come."""
+        if not self.ends_with_reply():
+            return None
+        reply = self.messages[-1]
+        self.fork(len(self.messages) - 1)
+        return reply
 
     def take_last_exchange(self) -> str | None:
-        """Remove the last reply and the message it answered (to edit and resend it);
-        returns that message's text, or None when there is no such exchange."""
+        """Take the last reply and the message it answered off the branch shown (to edit
+        and resend it; they stay as a sibling branch); returns that message's text, or
+        None when there is no such exchange."""
         if len(self.messages) < 2 or not self.ends_with_reply() \
                 or self.messages[-2].role != "user":
             return None
-        self.messages.pop()
-        return self.messages.pop().content
+        text = self.messages[-2].content
+        self.fork(len(self.messages) - 2)
+        return text
+
+    # -- branches (sessions/branches.py) -------------------------------------------------
+    def siblings(self, index: int) -> tuple[int, int]:
+        """``(k, n)``: message ``index`` is branch k of the n made at its position."""
+        return branches.siblings(self.messages, index)
+
+    def switch_branch(self, index: int, step: int) -> bool:
+        """Show the previous (-1) or next (+1) sibling branch at message ``index``."""
+        self.session.unfork()
+        return branches.step(self.messages, index, step)
+
+    def fork(self, index: int) -> None:
+        """Start a new branch at ``index`` (the branch shown from there is kept as a
+        sibling); the next message added there starts it."""
+        self.session.fork(index)
+
+    def unfork(self) -> None:
+        self.session.unfork()
+
+    def edit(self, index: int, text: str) -> None:
+        """A new branch at the user message ``index``, saying ``text`` instead; the
+        conversation then ends with it (the reply is the caller's to ask for)."""
+        if not 0 <= index < len(self.messages) or self.messages[index].role != "user":
+            raise IndexError(f"message {index + 1} is not one of your messages")
+        self.fork(index)
+        self.add_user(text)
+
+    def branch_list(self) -> list[branches.BranchInfo]:
+        """Every branch of the conversation, the one shown first."""
+        return branches.branch_list(self.messages)
+
+    def select_branch(self, number: int) -> bool:
+        """Show branch ``number`` of ``branch_list()``."""
+        self.session.unfork()
+        for info in self.branch_list():
+            if info.number == number:
+                return branches.select(self.messages, info)
+        return False
 
     def replace_last_reply(self, done: TurnDone) -> None:
         """Put ``done`` in place of the last reply (a reply kept from a comparison)."""
@@ -118,4 +186,5 @@ class Conversation:
         self.add_reply(done)
 
     def clear(self) -> None:
+        self.session.parked = None
         self.messages.clear()

@@ -27,7 +27,21 @@ def format_stats(stats: TurnStats) -> str:
             f"{stats.prefill_tokens} prefilled at {stats.prefill_tps:.1f} tok/s) | "
             f"first token {seconds(stats.ttft_s)} | "
             f"{stats.generated_tokens} tok at {stats.decode_tps:.1f} tok/s | "
-            f"{stats.finish_reason} | peak {stats.peak_memory / 1e6:.0f} MB")
+            f"{stats.finish_reason} | peak {stats.peak_memory / 1e6:.0f} MB"
+            + (f" | {decoding_words(stats)}" if stats.decoder or stats.kv_cache else ""))
+
+
+def decoding_words(stats: TurnStats) -> str:
+    """How the reply was decoded: "draft llama-4bit 17/69 accepted (25%)", the KV bits."""
+    parts = []
+    if stats.decoder:
+        rate = f" ({100 * stats.acceptance_rate:.0f}%)" if stats.acceptance_rate is not None \
+            else ""
+        parts.append(f"{stats.decoder} {stats.draft_tokens}/{stats.draft_proposed} "
+                     f"accepted{rate}")
+    if stats.kv_cache:
+        parts.append(f"KV {stats.kv_cache.split(':')[0].removeprefix('kv')}-bit")
+    return ", ".join(parts)
 
 
 def turn_summary(stats: TurnStats) -> str:

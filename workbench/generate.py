@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine import EngineError, Notice, TokenText, follow_sync
+from engine import EngineError, Notice, TokenText, TurnOptions, follow_sync
 
 from .formatting import format_stats
 from .runtime import choose_model_on, demo_label, load_blocking, setup, start_engine
@@ -53,7 +53,10 @@ def run_generate(args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
         try:
-            done = follow_sync(engine.chat(messages, params), {
+            thinking = getattr(args, "thinking", None)
+            options = TurnOptions(template_args={} if thinking is None else
+                                  {"enable_thinking": thinking == "on"})
+            done = follow_sync(engine.chat(messages, params, options=options), {
                 TokenText: write,
                 Notice: lambda e: print(f"\nnote: {e.message}", file=sys.stderr)})
         except EngineError as exc:

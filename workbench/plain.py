@@ -19,13 +19,23 @@ from engine import (
     EngineError,
     Notice,
     SamplingParams,
+    TokenLogprob,
     TokenText,
+    TurnOptions,
     TurnStats,
     follow_sync,
 )
 from engine.errors import BadSetting, WorkbenchError
+from engine.reasoning import split_reasoning
 from engine.sampling import parse_value, preset
-from sessions import Session, SessionStore, check_name, submit_autosave, submit_resume
+from sessions import (
+    Session,
+    SessionStore,
+    check_name,
+    submit_autosave,
+    submit_close,
+    submit_resume,
+)
 
 from .conversation import Conversation
 from .formatting import format_stats
@@ -64,6 +74,7 @@ class PlainChat:
         self.adapter_dirs = list(adapter_dirs)
         self.adapter_paths = list(adapter_paths)
         self.last_stats: TurnStats | None = None
+        self.logprobs = 0  # top-K alternatives per token in each reply (--logprobs K)
         self.running = True
         self.default_sessions_dir = Path(".")
         self.commands: dict[str, Command] = {}
@@ -86,6 +97,13 @@ class PlainChat:
                     "autosave to it from now on)", self._cmd_save),
             Command("load", "/load NAME", "open session NAME, resuming its cache",
                     self._cmd_load),
+            Command("branches", "/branches", "the conversation's branches (* = shown)",
+                    self._cmd_branches),
+            Command("branch", "/branch N", "show branch N (see /branches)", self._cmd_branch),
+            Command("edit", "/edit N TEXT", "say TEXT instead of your Nth message: a new "
+                    "branch from there (the old one is kept)", self._cmd_edit),
+            Command("thinking", "/thinking on|off|default", "the template's enable_thinking "
+                    "switch (reasoning models)", self._cmd_thinking),
             Command("help", "/help", "this list", self._cmd_help),
             Command("quit", "/quit", "leave (Ctrl+D too)", self._cmd_quit),
         ):
@@ -156,7 +174,7 @@ class PlainChat:
             return False, f"a session named {name!r} exists already: /load it or pick another"
         old_name, old_store = self.session.name, self.store
         self.session.name, self.store = name, store
-        problem = self.autosave()
+        problem = self.autosave(whole=True)  # the standard cache file, mlx_lm can read it
         if problem is not None:  # keep saving where it worked before, if anywhere
             self.session.name, self.store = old_name, old_store
             return False, f"not saved: {problem}"
@@ -170,6 +188,7 @@ class PlainChat:
         store = self.store or SessionStore(self.default_sessions_dir)
         session = store.open(check_name(arg), lock=True)
         if self.store is not None and self.session.name != session.name:
+            self.close_session()
             self.store.release(self.session.name)
         params = self.conv.params
         self.store, self.conv = store, Conversation(session)
@@ -189,12 +208,14 @@ class PlainChat:
                else f"{report.prefilled_tokens} tokens prefilled again")
         return f"session {self.session.name}: {self.session.turns} turns, {how}"
 
-    def autosave(self) -> str | None:
-        """Save to the store, if any; the problem in one line when it could not."""
+    def autosave(self, whole: bool = False) -> str | None:
+        """Save to the store, if any (the prompt cache: what is new, or with ``whole`` the
+        standard single file); the problem in one line when it could not."""
         if self.store is None:
             return None
         try:
-            report = submit_autosave(self.engine, self.store, self.session).result_sync()
+            report = submit_autosave(self.engine, self.store, self.session,
+                                     whole).result_sync()
         except EngineError as exc:
             return str(exc)
         finally:
@@ -202,6 +223,56 @@ class PlainChat:
                 self.out.notice(notice)
         self.session.updated = report.transcript.saved_at
         return None
+
+    def close_session(self) -> None:
+        """Leaving the session (another /load, or the end): its prompt cache is written
+        whole, as the standard file ``mlx_lm generate --prompt-cache-file`` reads (nothing
+        is written when that file holds it already)."""
+        if self.store is None or not self.session.messages:
+            return
+        try:
+            closed = submit_close(self.engine, self.store, self.session).result_sync()
+        except EngineError as exc:
+            self.out.notice(f"the prompt cache was not written whole: {exc}")
+            return
+        if closed.skipped and closed.kind == "none" and closed.path is None \
+                and "could not" in closed.skipped:
+            self.out.notice(closed.skipped)
+
+    def _cmd_branches(self, _arg: str) -> tuple[bool, str]:
+        lines = [f"{'*' if b.current else ' '}{b.number:>3}  {b.turns} turn"
+                 f"{'' if b.turns == 1 else 's'}: {b.last or '(empty)'}"
+                 for b in self.conv.branch_list()]
+        return True, "\n".join(lines) if lines else "no messages yet"
+
+    def _cmd_branch(self, arg: str) -> tuple[bool, str]:
+        listed = self.conv.branch_list()
+        try:
+            number = int(arg)
+        except ValueError:
+            return False, f"/branch takes a number from 1 to {len(listed)} (see /branches)"
+        if not self.conv.select_branch(number):
+            return False, f"there is no branch {number}: /branches lists 1 to {len(listed)}"
+        shown = self.conv.branch_list()[0]
+        return True, f"branch {number}: {shown.turns} turns, last: {shown.last}"
+
+    def _cmd_edit(self, arg: str) -> tuple[bool, str]:
+        number, _, text = arg.partition(" ")
+        users = [i for i, m in enumerate(self.conv.messages) if m.role == "user"]
+        if not number.isdigit() or not text.strip():
+            return False, "usage: /edit N TEXT (N: which of your messages, 1 = the first)"
+        if not 1 <= int(number) <= len(users):
+            return False, f"there is no message {number} of yours: you have sent {len(users)}"
+        self.conv.edit(users[int(number) - 1], text.strip())
+        self._reply()
+        return True, f"message {number} edited: a new branch (/branches lists them)"
+
+    def _cmd_thinking(self, arg: str) -> tuple[bool, str]:
+        choice = arg.strip().lower()
+        if choice not in ("on", "off", "default"):
+            return False, "usage: /thinking on|off|default"
+        self.conv.set_thinking(None if choice == "default" else choice == "on")
+        return True, f"thinking {choice} (from the next reply on)"
 
     def _cmd_stats(self, _arg: str) -> tuple[bool, str]:
         if self.last_stats is None:
@@ -260,9 +331,23 @@ class PlainChat:
 
     def send(self, text: str) -> None:
         self.conv.add_user(text)
-        stream = self.engine.chat(self.conv.engine_messages(), self.conv.params)
+        self._reply()
+
+    def _reply(self) -> None:
+        """The reply to the conversation as it stands (it ends with a user message)."""
+        stream = self.engine.chat(self.conv.engine_messages(), self.conv.params,
+                                  options=self.conv.turn_options(self.logprobs))
+        probs: list[dict[str, object]] = []
+        reasoning: list[str] = []
+
+        def piece(event: TokenText) -> None:
+            if event.kind == "reasoning":
+                reasoning.append(event.text)
+            self.out.reply_piece(event.text, event.kind)
+
         try:
-            done = follow_sync(stream, {TokenText: lambda e: self.out.reply_piece(e.text),
+            done = follow_sync(stream, {TokenText: piece,
+                                        TokenLogprob: lambda e: probs.append(e.to_dict()),
                                         Notice: lambda e: self.out.notice(e.message)},
                                on_interrupt=self.engine.cancel)  # Ctrl+C stops the reply
         except EngineError as exc:
@@ -272,16 +357,27 @@ class PlainChat:
         stats = done.stats
         self.last_stats = stats
         self.conv.add_reply(done)
-        self.out.reply_done(done.text, stats, {
+        extra: dict[str, object] = {
             "adapter": stats.adapter, "scale": stats.scale,
             "cache_reused": stats.reused_tokens > 0, "prefilled_tokens": stats.prefill_tokens,
-        })
+        }
+        if reasoning:
+            extra["reasoning"], extra["answer"] = split_reasoning(done.text)
+        if self.logprobs:
+            extra["logprobs"] = probs
+        for index in (len(self.conv.messages) - 1, len(self.conv.messages) - 2):
+            k, n = self.conv.siblings(index)  # a regenerated reply, or an edited message
+            if n > 1:
+                extra["branch"] = f"{k}/{n}"
+                break
+        self.out.reply_done(done.text, stats, extra)
         problem = self.autosave()
         if problem is not None:
             self.out.error(f"not saved: {problem}", "session")
 
 
 def run_plain(args: argparse.Namespace) -> int:
+    TurnOptions(logprobs=args.logprobs)  # BadSetting (one line, exit 2) before any loading
     config, params = setup(args)
     out = Output(args.jsonl)
     sessions_dir = Path(args.sessions_dir).expanduser() if args.sessions_dir else \
@@ -301,6 +397,12 @@ def run_plain(args: argparse.Namespace) -> int:
             session.system_prompt = args.system
         if not args.model and not args.demo and session.model:
             args.model = session.model
+        # The KV quantization the session's cache was written with, unless flags say else.
+        if session.kv and getattr(args, "kv_bits", None) is None:
+            for key, flag in (("bits", "kv_bits"), ("group_size", "kv_group_size"),
+                              ("start", "quantized_kv_start")):
+                if session.kv.get(key) is not None:
+                    setattr(args, flag, session.kv[key])
     with start_engine(args, config) as engine:
         choice = choose_model_on(engine, args, config, lambda msg: print(msg, file=sys.stderr))
         try:
@@ -311,11 +413,29 @@ def run_plain(args: argparse.Namespace) -> int:
         if loaded.is_demo:
             out.notice(demo_label(loaded))
         session.model = choice.spec
+        from .runtime import decoding_from_args
+
+        session.kv = decoding_from_args(args).kv.to_dict()
         adapter_dirs = [d for d in (args.adapters, str(config.adapters_path()),
                                     demo_adapters(loaded)) if d]
         chat = PlainChat(engine, out, params, session, store, adapter_dirs,
                          [choice.adapter] if choice.adapter else [])
         chat.default_sessions_dir = sessions_dir
+        chat.logprobs = args.logprobs or 0
+        if args.thinking is not None:
+            chat.conv.set_thinking(args.thinking == "on")
+        # Distributed (issue 14): a rank that fails ends the job; the transcript is saved
+        # first. Sharded prompt caches are not saved (engine/distributed.py).
+        from engine import distributed
+
+        def save_transcript() -> None:
+            if chat.store is not None:
+                chat.store.save(chat.session)
+
+        distributed.on_failure(save_transcript)
+        if distributed.current() is not None and store is not None:
+            out.notice("distributed mode: the session's transcript is saved, its prompt "
+                       "cache is not (each rank holds only its shard)")
         if store is not None:
             try:
                 out.command("load", True, chat.resume())
@@ -333,5 +453,6 @@ def run_plain(args: argparse.Namespace) -> int:
                     break
         finally:
             if chat.store is not None:
+                chat.close_session()
                 chat.store.close()
     return 0

@@ -47,9 +47,10 @@ class Output:
         else:
             self.err.print(f"error: {message}", style="bold red", markup=False)
 
-    def reply_piece(self, text: str) -> None:
+    def reply_piece(self, text: str, kind: str = "answer") -> None:
         if not self.jsonl:
-            self.console.print(text, end="", markup=False, soft_wrap=True)
+            self.console.print(text, end="", markup=False, soft_wrap=True,
+                               style="dim italic" if kind == "reasoning" else None)
 
     def reply_done(self, text: str, stats: TurnStats, extra: dict[str, Any]) -> None:
         if self.jsonl:

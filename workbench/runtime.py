@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine import Engine, EngineAPI, LoadProgress, ModelInfo, SamplingParams, follow_sync
+from engine import (
+    Engine,
+    EngineAPI,
+    LoadProgress,
+    ModelInfo,
+    Notice,
+    SamplingParams,
+    follow_sync,
+)
 
 from . import paths
 from .config import Config, load_config
@@ -74,9 +82,40 @@ def choose_model_on(engine: EngineAPI, args: argparse.Namespace, config: Config,
     return choice
 
 
+def decoding_from_args(args: argparse.Namespace, base: Any = None) -> Any:
+    """The decoding settings (engine/speculative.py) from ``base`` (e.g. a resumed
+    session's KV settings) and the flags given; ``BadSetting`` (one line) for a bad value."""
+    from dataclasses import replace
+
+    from engine.speculative import DecodingSettings, KVSettings
+
+    settings = base if isinstance(base, DecodingSettings) else DecodingSettings()
+    kv = settings.kv
+    changes = {name: getattr(args, flag) for name, flag in (
+        ("bits", "kv_bits"), ("group_size", "kv_group_size"),
+        ("start", "quantized_kv_start")) if getattr(args, flag, None) is not None}
+    if changes:
+        kv = replace(kv, **changes)
+    values = {name: getattr(args, flag) for name, flag in (
+        ("num_draft_tokens", "num_draft_tokens"), ("prompt_lookup", "prompt_lookup"),
+        ("lookup_ngram", "prompt_lookup_ngram")) if getattr(args, flag, None) is not None}
+    return replace(settings, kv=KVSettings(kv.bits, kv.group_size, kv.start), **values)
+
+
+def with_config_decoding(args: argparse.Namespace, config: Config) -> argparse.Namespace:
+    """``args`` with the config's [decoding] values where no flag was given."""
+    for key, value in config.decoding.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
 def start_engine(args: argparse.Namespace, config: Config) -> Engine:
     max_kv = getattr(args, "max_kv_size", None) or config.max_kv_size or None
-    return Engine(max_kv_size=max_kv)
+    args = with_config_decoding(args, config)
+    return Engine(max_kv_size=max_kv, decoding=decoding_from_args(args),
+                  draft_model=getattr(args, "draft_model", None),
+                  adapter_mode=getattr(args, "adapter_mode", None) or "unfused")
 
 
 def load_blocking(engine: EngineAPI, choice: ModelChoice, quiet: bool = False) -> ModelInfo:
@@ -91,7 +130,20 @@ def load_blocking(engine: EngineAPI, choice: ModelChoice, quiet: bool = False) -
         elif event.stage != "ready":
             print(event.message, file=sys.stderr)
 
-    return follow_sync(engine.load(choice.spec, choice.adapter), {LoadProgress: progress})
+    notices: list[str] = []
+    info: ModelInfo = follow_sync(engine.load(choice.spec, choice.adapter), {
+        LoadProgress: progress, Notice: lambda e: notices.append(e.message)})
+    wanted = getattr(engine, "draft_wanted", None)
+    refused = next((n for n in notices if "without a draft model" in n), None)
+    for line in notices:
+        if not quiet and line != refused:
+            print(f"note: {line}", file=sys.stderr)
+    if wanted and info.draft is None:  # asked for with --draft-model, and refused
+        from engine import EngineError
+
+        raise EngineError(refused or "the draft model was not loaded: check --draft-model",
+                          kind="draft")
+    return info
 
 
 def demo_label(info: ModelInfo) -> str:

@@ -51,6 +51,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                          "is kept unless --force; a session's own files never")
     ex.add_argument("--force", "-f", action="store_true",
                     help="with --output: overwrite FILE if it exists")
+    ex.add_argument("--branches", choices=("current", "all"), default="current",
+                    help="the branch last shown (default) or every branch of the conversation")
     rm = sub.add_parser("delete", parents=[where], help="delete a session and its cache")
     rm.add_argument("name")
     rm.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
@@ -201,7 +203,8 @@ def _export(store: Any, args: argparse.Namespace) -> int:
     from sessions.export import write_export
 
     session = store.open(args.name)
-    text = export_markdown(session) if args.format == "md" else export_json(session)
+    text = export_markdown(session, args.branches) if args.format == "md" else \
+        export_json(session, args.branches)
     if args.output:
         out = write_export(store, text, args.output, force=args.force)
         print(f"wrote {out}", file=sys.stderr)
