@@ -48,13 +48,13 @@ def test_conflicts_are_one_line_each_and_the_rest_applies():
     good, problems = check_keymap({
         "regenerate": "ctrl+n",  # swapped with new-chat: fine
         "new-chat": "ctrl+r",
-        "help": "f9",
-        "settings": "f9",  # help has it first
+        "help": "f11",
+        "settings": "f11",  # help has it first
         "sessions-new": "r",  # Rename's key on the same screen
         "copy-last": "ctrl+c",  # reserved
         "sessions-rename": "ctrl+q",  # Quit is everywhere
     })
-    assert good == {"regenerate": "ctrl+n", "new-chat": "ctrl+r", "help": "f9"}
+    assert good == {"regenerate": "ctrl+n", "new-chat": "ctrl+r", "help": "f11"}
     assert len(problems) == 4 and all("\n" not in p for p in problems)
     assert any(p.startswith("[keys] settings") for p in problems)
     # A screen's own key may reuse an app key (the screen's wins there), as Escape does.
@@ -62,8 +62,8 @@ def test_conflicts_are_one_line_each_and_the_rest_applies():
 
 
 def test_unknown_id_is_one_short_line():
-    good, problems = check_keymap({"x": "f9", "help": "f10"})
-    assert good == {"help": "f10"}
+    good, problems = check_keymap({"x": "f9", "help": "f11"})
+    assert good == {"help": "f11"}
     assert problems == ["unknown key binding id 'x' in [keys] (ignored): F1 lists the ids"]
     assert not any(i in problems[0] for i in known_ids())
 

@@ -26,6 +26,11 @@ APP_BINDINGS: list[Binding] = [
     Binding("f5", "models", "Models", id="models"),
     Binding("f4", "focus_adapters", "Adapters", id="adapters", show=False),
     Binding("f8", "compare_adapters", "Compare", id="compare-adapters", show=False),
+    # Priority: the prompt box (a TextArea) has F6/F7 of its own (select line/all).
+    Binding("f6", "train", "Train", id="train", show=False, priority=True),
+    Binding("f7", "evaluate", "Eval", id="eval", show=False, priority=True),
+    Binding("f9", "token_view", "Tokens", id="token-view", show=False),
+    Binding("f10", "branches", "Branches", id="branches", show=False),
     Binding("ctrl+p", "command_palette", "Commands", id="command-palette", show=False),
     Binding("ctrl+t", "change_theme", "Theme", id="theme", show=False),
     Binding("f12", "screenshot", "Screenshot", id="screenshot", show=False),
@@ -68,6 +73,45 @@ MODELS_BINDINGS: list[Binding] = [
     Binding("escape", "close_models", "Close", id="models-close"),
 ]
 
+TRAIN_BINDINGS: list[Binding] = [
+    Binding("ctrl+s", "start_training", "Start", id="train-start"),
+    Binding("ctrl+z", "cancel_training", "Cancel run", id="train-cancel"),
+    Binding("escape", "close_train", "Close", id="train-close"),
+]
+
+EVAL_BINDINGS: list[Binding] = [
+    Binding("ctrl+s", "run_eval", "Run", id="eval-run"),
+    Binding("escape", "close_eval", "Close", id="eval-close"),
+]
+
+# The chat pane's own keys, on the selected turn (Up/Down select one).
+CHAT_BINDINGS: list[Binding] = [
+    Binding("up", "turn_prev", "Previous turn", id="turn-prev", show=False),
+    Binding("down", "turn_next", "Next turn", id="turn-next", show=False),
+    Binding("left", "token_step(-1)", "Previous token", id="token-prev", show=False),
+    Binding("right", "token_step(1)", "Next token", id="token-next", show=False),
+    Binding("enter", "open_turn", "Open", id="turn-open", show=False),
+    Binding("left_square_bracket,alt+left", "branch_step(-1)", "Previous branch",
+            id="branch-prev", show=False),
+    Binding("right_square_bracket,alt+right", "branch_step(1)", "Next branch",
+            id="branch-next", show=False),
+    Binding("e", "edit_turn", "Edit as a branch", id="edit-turn", show=False),
+    Binding("r", "regenerate_turn", "Regenerate as a branch", id="regenerate-turn",
+            show=False),
+]
+
+TOKEN_CHOICES_BINDINGS: list[Binding] = [
+    Binding("escape", "close_choices", "Close", id="choices-close"),
+]
+
+BRANCHES_BINDINGS: list[Binding] = [
+    Binding("escape", "close_branches", "Close", id="branches-close"),
+]
+
+FUSE_BINDINGS: list[Binding] = [
+    Binding("escape", "close_fuse", "Close", id="fuse-close"),
+]
+
 HELP_TEXT: dict[str, str] = {
     "quit": "Quit (the engine is closed cleanly)",
     "cancel": "Stop the reply being generated (prefill or decode)",
@@ -104,6 +148,31 @@ HELP_TEXT: dict[str, str] = {
     "models-cancel": "Cancel the running download or quantization (models screen)",
     "models-filter": "Filter the models by text (models screen)",
     "models-close": "Close the models screen",
+    "train": "Train an adapter on the loaded model, with live loss curves (runs on while "
+             "you chat)",
+    "eval": "Evaluate the base model and up to four adapters on a prompt set, side by side",
+    "train-start": "Start training with the form's settings (Train screen)",
+    "train-cancel": "Cancel the training run; no new adapter is kept (Train screen)",
+    "train-close": "Close the Train screen; the run goes on (F6 shows it again)",
+    "eval-run": "Run the evaluation (Eval screen)",
+    "eval-close": "Close the Eval screen (a running evaluation stops)",
+    "fuse-close": "Close the Fuse screen; a fuse goes on",
+    "token-view": "Token probabilities: off → shaded by probability → by entropy (replies "
+                  "are asked for with logprobs only while it is on)",
+    "branches": "The conversation's branches (edits, regenerations, other tokens): Enter "
+                "opens one",
+    "turn-prev": "Select the turn above (chat)",
+    "turn-next": "Select the turn below (chat)",
+    "token-prev": "Move the token cursor left (chat, probability view)",
+    "token-next": "Move the token cursor right (chat, probability view)",
+    "turn-open": "The token's alternatives (probability view), else open or close the "
+                 "reasoning (chat)",
+    "branch-prev": "Show the previous branch at the selected turn (chat)",
+    "branch-next": "Show the next branch at the selected turn (chat)",
+    "edit-turn": "Edit the selected message; sending it starts a new branch (chat)",
+    "regenerate-turn": "Write the selected reply again as a new branch (chat)",
+    "choices-close": "Close the token's alternatives",
+    "branches-close": "Close the branches list",
 }
 
 
@@ -118,7 +187,9 @@ class KeyRow:
 
 def all_bindings() -> list[Binding]:
     return [*APP_BINDINGS, *PROMPT_BINDINGS, *SETTINGS_BINDINGS, *ADAPTER_LIST_BINDINGS,
-            *SCALE_BINDINGS, *SESSIONS_BINDINGS, *MODELS_BINDINGS]
+            *SCALE_BINDINGS, *SESSIONS_BINDINGS, *MODELS_BINDINGS, *TRAIN_BINDINGS,
+            *EVAL_BINDINGS, *FUSE_BINDINGS, *CHAT_BINDINGS, *TOKEN_CHOICES_BINDINGS,
+            *BRANCHES_BINDINGS]
 
 
 def known_ids() -> set[str]:
@@ -131,7 +202,9 @@ def known_ids() -> set[str]:
 GROUPS: dict[str, list[Binding]] = {
     "app": APP_BINDINGS, "prompt": PROMPT_BINDINGS, "settings": SETTINGS_BINDINGS,
     "adapter-list": ADAPTER_LIST_BINDINGS, "scale": SCALE_BINDINGS,
-    "sessions": SESSIONS_BINDINGS, "models": MODELS_BINDINGS,
+    "sessions": SESSIONS_BINDINGS, "models": MODELS_BINDINGS, "train": TRAIN_BINDINGS,
+    "eval": EVAL_BINDINGS, "fuse": FUSE_BINDINGS, "chat": CHAT_BINDINGS,
+    "token-choices": TOKEN_CHOICES_BINDINGS, "branches": BRANCHES_BINDINGS,
 }
 RESERVED_KEYS: dict[str, str] = {
     "ctrl+c": "copy (the terminal's and Textual's own)",

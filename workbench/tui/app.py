@@ -41,12 +41,14 @@ from .controllers.adapters import AdapterController
 from .controllers.chat import ChatController
 from .controllers.models import ModelController
 from .controllers.sessions import SessionController
+from .controllers.training import JobEvents, TrainingController
 from .layout import NARROW_WIDTH, Layout
 from .state import Status
 from .widgets import Banner, ChatView, PromptBox, Sidebar, StatusLine
 from .widgets.footer import WorkbenchFooter
 
 if TYPE_CHECKING:
+    from .screens.adapter_details import AdapterDetailsScreen
     from .widgets.adapters import AdaptersPane, ScaleControl
 
 MEMORY_POLL_S = 2.0  # memory is read this often while the engine is idle
@@ -88,6 +90,7 @@ class WorkbenchApp(App[int]):
             self.chat, self.models)
         self.adapters = AdapterController(self, self.engine, args, config, self.chat,
                                           self.models)
+        self.training = TrainingController(self)  # training, eval and fuse jobs
         self.layout = Layout(self)
         self._unsubscribe: Any = None
         self.keymap, self._startup_problems = check_keymap(config.keys)
@@ -175,6 +178,7 @@ class WorkbenchApp(App[int]):
             self._unsubscribe()
         self.models.jobs.cancel_all()
         self.sessions.close()
+        await asyncio.to_thread(self.training.stop_all)  # the training and fuse children
         await asyncio.to_thread(self.engine.close)
 
     # -- what the controllers and the engine say -----------------------------------------
@@ -210,6 +214,11 @@ class WorkbenchApp(App[int]):
         self.notify(event.message, title=event.kind.capitalize(), timeout=10,
                     severity="information" if event.ok else "warning")
 
+    @on(JobEvents)
+    def _job_events(self, event: JobEvents) -> None:
+        with contextlib.suppress(NoMatches):
+            self.training.arrived(event)
+
     @on(PromptBox.Submitted)
     async def _submitted(self, event: PromptBox.Submitted) -> None:
         await self.chat.send(event.text)
@@ -228,8 +237,15 @@ class WorkbenchApp(App[int]):
     def on_adapters_pane_details_wanted(self, event: AdaptersPane.DetailsWanted) -> None:
         self.adapters.show_details(event.info.path)
 
+    def on_adapter_details_screen_fuse_wanted(self, event: AdapterDetailsScreen.FuseWanted
+                                              ) -> None:
+        self.training.open_fuse(event.path, event.name)
+
     def on_scale_control_changed(self, event: ScaleControl.Changed) -> None:
         self.adapters.scale_moved(event.value)
+
+    async def on_chat_view_turn_action(self, event: ChatView.TurnAction) -> None:
+        await self.chat.inside.turn_action(event)  # a key on the chat's selected turn
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """The one place where a worker's unexpected failure reaches the user."""
@@ -275,8 +291,10 @@ class WorkbenchApp(App[int]):
         from .screens.settings import SettingsScreen
 
         conversation = self.chat.conversation
-        self.push_screen(SettingsScreen(conversation.system_prompt, conversation.params),
-                         self._apply_settings)
+        info = self.models.info
+        thinking = self.chat.inside.thinking if info is not None and info.thinking_switch else None
+        self.push_screen(SettingsScreen(conversation.system_prompt, conversation.params,
+                                        thinking=thinking), self._apply_settings)
 
     def action_screenshot(self, filename: str | None = None, path: str | None = None
                           ) -> None:
@@ -292,6 +310,8 @@ class WorkbenchApp(App[int]):
         conversation = self.chat.conversation
         conversation.params = result.params
         conversation.system_prompt = result.system_prompt
+        if result.thinking is not None and result.thinking != self.chat.inside.thinking:
+            self.chat.inside.set_thinking(result.thinking)
         if result.save_as_default:
             self.save_config(with_changes(self.config, sampling=result.params,
                                      system_prompt=result.system_prompt),
@@ -328,6 +348,21 @@ class WorkbenchApp(App[int]):
 
     def action_compare_adapters(self) -> None:
         self.adapters.compare()
+
+    def action_train(self) -> None:
+        if len(self.screen_stack) == 1:  # F6 is a priority key: not over another dialog
+            self.training.open_screen()
+
+    def action_evaluate(self) -> None:
+        if len(self.screen_stack) == 1:
+            self.training.open_eval()
+
+    def action_token_view(self) -> None:
+        self.chat.inside.cycle_token_view()
+
+    def action_branches(self) -> None:
+        if len(self.screen_stack) == 1:
+            self.chat.inside.open_branches()
 
     def freeze_meters(self) -> None:
         """Stop live meter updates (for screenshots that must not change between runs)."""

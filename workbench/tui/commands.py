@@ -35,6 +35,10 @@ TITLES = {
     "models": "Models: switch, download, quantize",
     "adapters": "Adapters: go to the list",
     "compare-adapters": "Compare adapters on the last message",
+    "train": "Train an adapter (live loss curves)",
+    "eval": "Evaluate adapters on a prompt set",
+    "token-view": "Token probabilities: off / probability / entropy",
+    "branches": "Branches: list and switch",
 }
 
 
@@ -70,10 +74,55 @@ def commands(app: WorkbenchApp) -> list[Command]:
         found.append(Command(f"Adapter details: {info.name}",
                              "Everything checked, and its adapter_config.json",
                              partial(adapters.show_details, info.path), discover=False))
+        if info.valid:
+            found.append(Command(f"Fuse adapter: {info.name}", "Fuse it into the loaded "
+                                 "model: a new model folder, in the models list after",
+                                 partial(app.training.open_fuse, info.path, info.name),
+                                 discover=False))
     found.append(Command("Adapter scale", "Set the active adapter's scale, 0 to 2 times as "
                          "trained (left/right)", adapters.focus_scale, discover=False))
+    for title, about, run in app.training.commands():
+        found.append(Command(title, about, run))
+    found += inside_commands(app)
+    from .decoding_commands import decoding_commands  # issue 12: lookup, KV bits, draft
+
+    for title, about, run in decoding_commands(app):
+        found.append(Command(title, about, run, discover=False))
     found.append(Command("Adapters: look again", "List and check the adapter folders again",
                          adapters.refresh, discover=False))
+    return found
+
+
+def inside_commands(app: WorkbenchApp) -> list[Command]:
+    """Issue 13's: the thinking switch (a model whose template has one), each branch step
+    and edit of the conversation shown."""
+    chat, inside, found = app.chat, app.chat.inside, []
+    info = app.models.info
+    if info is not None and info.thinking_switch:
+        on = inside.thinking
+        found.append(Command(f"Thinking: {'off' if on else 'on'}",
+                             f"The template's enable_thinking is {'on' if on else 'off'}: "
+                             f"turn it {'off' if on else 'on'} from the next reply on",
+                             inside.toggle_thinking))
+    for mode in ("probability", "entropy", "off"):
+        if mode != chat.token_mode:
+            found.append(Command(f"Token view: {mode}", "Shade each token of the replies by "
+                                 f"its {mode}" if mode != "off" else "Show the replies as "
+                                 "Markdown again; no token probabilities are asked for",
+                                 partial(inside.cycle_token_view, mode), discover=False))
+    for index, message in enumerate(chat.conversation.messages):
+        if message.role == "user":
+            preview = " ".join(message.content.split())[:50]
+            found.append(Command(f"Edit message {index + 1}", f"{preview!r}: sending it "
+                                 "again starts a new branch", partial(inside.edit, index),
+                                 discover=False))
+        k, n = chat.conversation.siblings(index)
+        if n > 1:
+            for step, word in ((-1, "previous"), (1, "next")):
+                found.append(Command(f"Message {index + 1}: {word} branch ({k}/{n})",
+                                     "Show the sibling branch at this message",
+                                     partial(inside.branch_step, index, step),
+                                     discover=False))
     return found
 
 

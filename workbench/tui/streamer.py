@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from engine import TokenText
+from engine import TokenLogprob, TokenText
 from engine.stream import Handlers, dispatch, unwrap
 
 from .widgets.pacer import FASTEST_S, FramePacer
@@ -62,8 +62,13 @@ class PacedStreamer:
                 token: TokenText | None = None
                 for event in events:
                     if isinstance(event, TokenText):
-                        turn.write(event.text)
+                        if event.kind == "reasoning":
+                            turn.think(event.text, event.generated)
+                        else:
+                            turn.write(event.text)
                         token = event
+                    elif isinstance(event, TokenLogprob):
+                        turn.record_token(event)  # asked for: the probability view is on
                     else:
                         dispatch(handlers, event)
                 if on_frame is not None:

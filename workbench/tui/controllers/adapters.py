@@ -49,6 +49,7 @@ class AdapterController:
         self.chat = chat
         self.models = models
         self.infos: list[AdapterInfo] = []
+        self.added: list[str] = []  # adapter folders made in this app (trained): listed too
         self._pane: AdaptersPane | None = None
         self._swap_facts: SwapFacts | None = None
         self._scale_timer: Timer | None = None
@@ -99,7 +100,14 @@ class AdapterController:
         # ``--adapter NAME`` in demo mode names a demo adapter: it is listed from its folder.
         paths = [str(p) for p in getattr(self.args, "adapter", None) or []
                  if not demo or Path(p).expanduser().exists()]
+        paths += [p for p in self.added if p not in paths]
         return dirs, paths
+
+    def add_folder(self, path: str) -> None:
+        """A new adapter folder (a training run's): list it from now on, and look again."""
+        if path not in self.added:
+            self.added.append(path)
+        self.refresh()
 
     def refresh(self) -> None:
         self.app.run_worker(self._refresh(), group="adapters", exclusive=True,
@@ -217,7 +225,8 @@ class AdapterController:
             return
         active = self.engine.adapter
         scale = active.scale if active and same_location(active.path, info.path) else None
-        self.app.push_screen(AdapterDetailsScreen(info, scale), self._details_closed)
+        self.app.push_screen(AdapterDetailsScreen(info, scale, active if scale is not None
+                                                  else None), self._details_closed)
 
     def _details_closed(self, path: str | None) -> None:
         if path is not None:

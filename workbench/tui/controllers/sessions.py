@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from engine import EngineError
 from engine.errors import WorkbenchError
-from sessions import Session, SessionStore, check_name, submit_autosave
+from sessions import Session, SessionStore, check_name, submit_autosave, submit_close
 
 from .models import model_spec, names
 from .resume import export_to, resume, saved_words
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .models import ModelController
 
 STATUS_REFRESH_S = 5.0  # "saved 40 s ago" moves on by itself
+CLOSE_SAVE_S = 60.0  # at exit, how long the whole prompt-cache file may take to write
 
 
 class SessionController:
@@ -231,7 +232,8 @@ class SessionController:
 
     def close(self) -> None:
         """At exit: a turn whose autosave did not run (the app closed first) is saved now,
-        transcript only; then the locks go."""
+        transcript only; the prompt cache is written whole, as the standard file mlx-lm
+        reads (autosaves append segments; ``sessions.submit_close``); then the locks go."""
         store, session = self.store, self.session
         if store is None:
             return
@@ -240,7 +242,22 @@ class SessionController:
                 store.save(session)
             except (WorkbenchError, OSError):
                 pass
+        if session is not None and session.messages and (
+                self._saved_at is not None or self._saves_in_flight):
+            try:
+                submit_close(self.engine, store, session).wait(CLOSE_SAVE_S)
+            except Exception:  # noqa: BLE001 - leaving must not fail: the segments stay
+                pass
         store.close()
+
+    async def _close_cache(self, session: Session) -> None:
+        """The session is left for another: its prompt cache written whole (see close)."""
+        if self.store is None or not session.messages:
+            return
+        try:
+            await submit_close(self.engine, self.store, session).result()
+        except EngineError:
+            pass
 
     # -- the sessions screen (SessionsHost) ----------------------------------------------
     @property
@@ -272,6 +289,7 @@ class SessionController:
         except WorkbenchError as exc:
             return str(exc)
         if self.session is not None:
+            await self._close_cache(self.session)
             store.release(self.session.name)
         session.sampling = self.conversation.params
         self.session = session

@@ -10,6 +10,7 @@ dismisses with the adapter's path when the user asks to use it, else None.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import ClassVar
 
 from rich.table import Table
@@ -17,9 +18,11 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from engine.adapter_swap import AdapterState
 from engine.adapters import AdapterInfo
 from engine.memory import fmt_bytes
 
@@ -47,16 +50,37 @@ def fact_rows(info: AdapterInfo) -> list[tuple[str, str]]:
     return rows
 
 
+def mode_line(state: AdapterState) -> str:
+    """How the active adapter runs: fused (and what its copy costs) or unfused (and why)."""
+    if state.mode == "fused":
+        return (f"Runs fused: merged into a copy of the weights it touches "
+                f"({fmt_bytes(state.fused_bytes)}), at the base model's speed "
+                f"(adapter mode {state.adapter_mode}).")
+    if state.adapter_mode == "unfused":
+        return "Runs unfused (adapter mode unfused): no extra memory, slower decoding on a GPU."
+    return f"Runs unfused: {state.mode_note}." if state.mode_note else "Runs unfused."
+
+
 class AdapterDetailsScreen(ModalScreen[str | None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape,q", "close_details", "Close", show=False),
     ]
 
-    def __init__(self, info: AdapterInfo, active_scale: float | None = None) -> None:
-        """``active_scale`` is the scale it is used at when it is the active adapter."""
+    @dataclass
+    class FuseWanted(Message):
+        """The user asked to fuse this adapter into a model (the app asks where)."""
+
+        path: str
+        name: str
+
+    def __init__(self, info: AdapterInfo, active_scale: float | None = None,
+                 state: AdapterState | None = None) -> None:
+        """``active_scale`` is the scale it is used at when it is the active adapter;
+        ``state`` the engine's AdapterState then (how it runs: fused or unfused)."""
         super().__init__()
         self.info = info
         self.active_scale = active_scale
+        self.state = state
 
     def compose(self) -> ComposeResult:
         info = self.info
@@ -78,6 +102,8 @@ class AdapterDetailsScreen(ModalScreen[str | None]):
             with VerticalScroll(id="adapter-details-body"):
                 yield Static(verdict, id="adapter-verdict", markup=False,
                              classes="" if info.valid else "-error")
+                if self.state is not None and self.state.mode is not None:
+                    yield Static(mode_line(self.state), id="adapter-mode", markup=False)
                 for note in info.notes:
                     yield Static(f"Note: {note}", classes="adapter-note", markup=False)
                 yield Static(table, id="adapter-facts")
@@ -89,6 +115,8 @@ class AdapterDetailsScreen(ModalScreen[str | None]):
                 yield Button("Use this adapter", id="use-adapter", variant="primary",
                              compact=True,
                              disabled=not info.valid or self.active_scale is not None)
+                yield Button("Fuse into a model…", id="fuse-adapter", compact=True,
+                             disabled=not info.valid)
                 yield Button("Close", id="close-details", compact=True)
 
     def on_mount(self) -> None:
@@ -97,6 +125,11 @@ class AdapterDetailsScreen(ModalScreen[str | None]):
     @on(Button.Pressed, "#use-adapter")
     def _use(self) -> None:
         self.dismiss(self.info.path)
+
+    @on(Button.Pressed, "#fuse-adapter")
+    def _fuse(self) -> None:
+        self.app.post_message(self.FuseWanted(self.info.path, self.info.name))
+        self.dismiss(None)
 
     @on(Button.Pressed, "#close-details")
     def action_close_details(self) -> None:

@@ -14,7 +14,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Input, Label, Select, Static, Switch, TextArea
 
 from engine.errors import BadSetting
 from engine.sampling import PRESETS, SamplingParams, parse_value
@@ -38,6 +38,7 @@ class SettingsResult:
     system_prompt: str
     params: SamplingParams
     save_as_default: bool = False
+    thinking: bool | None = None  # the template's enable_thinking (None: no such switch)
 
 
 def _shown(value: Any) -> str:
@@ -47,10 +48,12 @@ def _shown(value: Any) -> str:
 class SettingsScreen(ModalScreen[SettingsResult | None]):
     BINDINGS = SETTINGS_BINDINGS  # type: ignore[assignment]
 
-    def __init__(self, system_prompt: str, params: SamplingParams) -> None:
+    def __init__(self, system_prompt: str, params: SamplingParams, *,
+                 thinking: bool | None = None) -> None:
         super().__init__()
         self.system_prompt = system_prompt
         self.params = params
+        self.thinking = thinking  # None: the model's template has no thinking switch
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="settings-dialog", classes="dialog"):
@@ -58,6 +61,12 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
             yield Label("System prompt", classes="section")
             yield TextArea(self.system_prompt, id="system-prompt", soft_wrap=True,
                            tab_behavior="focus")
+            if self.thinking is not None:
+                with Horizontal(id="thinking-row"):
+                    yield Label("Thinking", classes="section")
+                    yield Switch(self.thinking, id="thinking")
+                    yield Static("the template's enable_thinking: a <think> block before "
+                                 "each answer", classes="hint", markup=False)
             with Horizontal(id="preset-row"):
                 yield Label("Sampling", classes="section")
                 yield Select([(name, name) for name in PRESETS], prompt="preset…",
@@ -124,8 +133,10 @@ class SettingsScreen(ModalScreen[SettingsResult | None]):
             self.notify(problems[0], title="Setting refused", severity="error")
             return None
         values = {name: self._check(name)[0] for name in FIELD_NAMES}
+        thinking = self.query_one("#thinking", Switch).value if self.thinking is not None \
+            else None
         return SettingsResult(self.query_one("#system-prompt", TextArea).text,
-                              self.params.with_values(**values), save)
+                              self.params.with_values(**values), save, thinking)
 
     # -- actions -------------------------------------------------------------------------
     @on(Button.Pressed, "#apply")

@@ -25,6 +25,7 @@ from ...formatting import seconds
 
 if TYPE_CHECKING:
     from engine import MemoryReading, ModelInfo, TurnStats
+    from engine.events import WorldInfo
 
 SPARK_SAMPLES = 48
 SAMPLE_S = 0.1  # one sparkline point per 100 ms of decoding
@@ -124,6 +125,7 @@ class ThroughputPane(Pane):
         self.prefill_tps: float | None = None
         self.prompt_tokens: int | None = None
         self.reused_tokens: int | None = None
+        self.cache_miss = ""  # why the last turn reused less than the cache held
         self.samples: deque[float] = deque([0.0] * SPARK_SAMPLES, maxlen=SPARK_SAMPLES)
         self._last_sample = (0.0, 0)  # (time, generated) at the last sparkline sample
         self._started = 0.0
@@ -134,6 +136,7 @@ class ThroughputPane(Pane):
         yield Sparkline(list(self.samples), id="rate-spark", summary_function=max)
         yield Gauge("prefill", id="prefill-gauge")
         yield Static("", id="throughput-facts", markup=False)
+        yield Static("", id="cache-miss", markup=False)
 
     # -- recording (cheap: called for every batch of events) ------------------------------
     def record_start(self) -> None:
@@ -143,6 +146,7 @@ class ThroughputPane(Pane):
         self.decode_tps, self.generated, self.ttft_s = 0.0, 0, None
         self.prefill_done = self.prefill_total = 0
         self.prefill_tps = self.prompt_tokens = self.reused_tokens = None
+        self.cache_miss = ""
         self._last_sample = (self._started, 0)
         self.dirty = True
 
@@ -150,12 +154,14 @@ class ThroughputPane(Pane):
         self.prefill_done, self.prefill_total = done, total
         self.dirty = True
 
-    def record_tokens(self, generated: int, decode_tps: float) -> None:
+    def record_tokens(self, generated: int, decode_tps: float, from_draft: int = 0) -> None:
         now = time.perf_counter()
         if self.ttft_s is None:
             self.ttft_s = now - self._started
             self._last_sample = (now, generated)
         self.generated, self.decode_tps = generated, decode_tps
+        if from_draft and generated:  # speculative decoding: the draft's share, live
+            self.border_subtitle = f"{100 * from_draft / generated:.0f}% from draft"
         self._sample(now)
         self.dirty = True
 
@@ -179,6 +185,15 @@ class ThroughputPane(Pane):
         self.prefill_done = self.prefill_total = stats.prefill_tokens
         self.prompt_tokens = stats.prompt_tokens
         self.reused_tokens = stats.reused_tokens
+        self.cache_miss = stats.cache_miss
+        if stats.comm_ms_per_token is not None:  # distributed (issue 14): sync per token
+            peaks = "/".join(amount(p).replace(" ", "") for p in stats.rank_peak_memory)
+            self.border_subtitle = f"sync {stats.comm_ms_per_token:.1f}ms/tok peak {peaks}"
+        elif stats.decoder:  # speculative decoding (engine/speculative.py)
+            rate = "" if stats.acceptance_rate is None else \
+                f" {100 * stats.acceptance_rate:.0f}% accepted"
+            kind = "lookup" if stats.decoder == "prompt lookup" else "draft"
+            self.border_subtitle = f"{kind}{rate} · {stats.draft_tokens} drafted"
         self.dirty = True
 
     # -- painting (on ticks) --------------------------------------------------------------
@@ -196,10 +211,36 @@ class ThroughputPane(Pane):
             ("prefill", "–" if self.prefill_tps is None else f"{self.prefill_tps:.0f} tok/s"),
             ("generated", f"{self.generated} tok"),
             ("cache reuse", "–" if self.reused_tokens is None or self.prompt_tokens is None
-             else f"{self.reused_tokens} of {self.prompt_tokens} tok"),
+             else f"{self.reused_tokens} reused · {self.prefill_done} new"),
         ]
         # A fixed height (app.tcss), so a repaint needs no new layout of the screen.
         self.query_one("#throughput-facts", Static).update(facts(lines), layout=False)
+        self._show_miss()
+
+    def _show_miss(self) -> None:
+        """Why the cache was not reused (an edit, another branch, a new system prompt...):
+        two lines at most under the facts, the whole reason in the tooltip."""
+        line = self.query_one("#cache-miss", Static)
+        shown = bool(self.cache_miss) and not self.streaming
+        if line.display != shown:
+            line.display = shown
+        if shown and line.tooltip != self.cache_miss:
+            width = max(self.content_size.width or 34, 20)
+            line.update(miss_text(self.cache_miss, width))
+            line.tooltip = self.cache_miss
+
+
+def miss_text(reason: str, width: int, lines: int = 2) -> Text:
+    """``cache miss: reason`` wrapped to ``width`` and cut with … after ``lines`` lines."""
+    import textwrap
+
+    wrapped = textwrap.wrap(f"cache miss: {' '.join(reason.split())}", width)
+    if len(wrapped) > lines:
+        wrapped = wrapped[:lines]
+        wrapped[-1] = wrapped[-1][:width - 1].rstrip() + "…"
+    text = Text("\n".join(wrapped), style="italic")
+    text.stylize("bold", 0, len("cache miss:"))
+    return text
 
 
 def facts(lines: list[tuple[str, str]]) -> Text:
@@ -302,7 +343,30 @@ class ModelPane(Pane):
         ]
         if info.adapter:
             rows.append(("adapter", info.adapter.rstrip("/").rsplit("/", 1)[-1]))
+        if info.world is not None:  # distributed (issue 14): the ranks and the split
+            rows.extend(world_rows(info.world))
+        if info.kv_context_bytes:  # what the chosen context will cost, before it is reached
+            rows.append(("context", f"{info.context_tokens} tok: KV "
+                         f"{amount(info.kv_context_bytes)}"
+                         + (f" ({info.kv_label})" if info.kv_label else "")))
+        if info.draft:
+            rows.append(("draft", info.draft))
         self.query_one("#model-facts", Static).update(Text("\n").join([name, facts(rows)]))
         limit = info.context_length
         gauge.set(self.context_used, limit, f"{self.context_used}/{limit}" if limit else
                   f"{self.context_used}")
+
+
+def world_rows(world: WorldInfo) -> list[tuple[str, str]]:
+    """The model pane's rows for a model split over ranks (distributed mode, issue 14)."""
+    hosts: dict[str, int] = {}
+    for host in world.hosts:
+        hosts[host] = hosts.get(host, 0) + 1
+    split = world.shard
+    if world.shard == "pipeline" and world.layers:
+        split += " " + "+".join(str(end - first) for first, end in reversed(world.layers))
+    rows = [("world", f"{world.size} ranks, {world.backend}"), ("split", split),
+            ("hosts", ", ".join(h if n == 1 else f"{h} x{n}" for h, n in hosts.items()))]
+    if world.weight_bytes:
+        rows.append(("per rank", "/".join(amount(b) for b in world.weight_bytes)))
+    return rows
