@@ -163,6 +163,8 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"workbench bench: {getattr(loaded, 'message', loaded)}", file=sys.stderr)
             return 1
         results["backend"] = on_engine(engine, _backend)
+        # The load's GPU kernel warm-up (engine/warmup.py) runs before any figure is taken.
+        results["load_warm_up"] = "excluded from every figure (part of the load, GPU only)"
         say(f"benchmarking {loaded.info.name}: {args.rounds} alternating rounds")
         results.update(measure(engine, args.prompt_tokens, args.gen_tokens,
                                args.history_tokens, args.rounds))

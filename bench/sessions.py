@@ -91,7 +91,10 @@ def run_session_bench(model: str | None = None, history_tokens: int = 2000) -> d
             report: SaveReport = _final(submit_autosave(engine, store, session),
                                         "autosave").value
             saves.append(time.perf_counter() - start)
-            sizes.append({"tokens": report.cache.tokens, "cache_bytes": report.cache.bytes,
+            # On disk: the whole file plus the segments appended since (sessions/cache.py).
+            sizes.append({"tokens": report.cache.tokens,
+                          "cache_bytes": store.summary(session.name).cache_bytes,
+                          "written_bytes": report.cache.bytes,
                           "toml_bytes": report.transcript.bytes})
 
         ask = [*session.chat_messages(), {"role": "user", "content": NEW_MESSAGE}]
