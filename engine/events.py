@@ -128,10 +128,11 @@ class TokenLogprob:
     logprob: float
     entropy: float
     top: tuple[tuple[int, str, float], ...] = ()
+    eos: bool = False  # the end-of-sequence token that ended the reply (not in its text)
 
     def to_dict(self) -> dict[str, Any]:
         return {"index": self.index, "id": self.token, "text": self.text,
-                "logprob": self.logprob, "entropy": self.entropy,
+                "logprob": self.logprob, "entropy": self.entropy, "eos": self.eos,
                 "top": [{"id": i, "text": t, "logprob": lp} for i, t, lp in self.top]}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from .cache_miss import explain as explain_miss
@@ -260,8 +261,11 @@ def run_turn(loaded: LoadedModel, caches: PromptCaches, key: CacheKey,
                     ttft, prefill_s = now - submitted, now - prefill_start
                     yield PrefillProgress(len(todo) + 1, len(todo) + 1)
                 if options.logprobs:
-                    yield _top_logprobs(resp.logprobs, resp.token, options.logprobs,
-                                        tokenizer.decode, len(generated))
+                    prob = _top_logprobs(resp.logprobs, resp.token, options.logprobs,
+                                         tokenizer.decode, len(generated))
+                    if resp.finish_reason == "stop" and resp.token in tokenizer.eos_token_ids:
+                        prob = replace(prob, eos=True)
+                    yield prob
                 generated.append(resp.token)
                 decode_tps = resp.generation_tps
                 from_draft += bool(resp.from_draft)

@@ -37,6 +37,9 @@ KEY_FINGERPRINT = "workbench_fingerprint"
 KEY_ADAPTER = "workbench_adapter"
 KEY_TOKENS = "workbench_tokens"
 KEY_DIGEST = "workbench_digest"
+# The KV quantization the entries were written with ("" = full precision; see
+# EngineCore.kv_identity): a cache is restored only under the same settings.
+KEY_KV = "workbench_kv"
 DIGEST_KIND = "xxh3-64"
 
 
@@ -132,6 +135,7 @@ def write_cache(core: EngineCore, path: Path, cache: list[Any], tokens: list[int
         KEY_SCHEMA: str(CACHE_SCHEMA),
         KEY_FINGERPRINT: model_fingerprint(core.info.path),
         KEY_ADAPTER: core.adapter_identity(),
+        KEY_KV: core.kv_identity(),
         KEY_TOKENS: json.dumps(tokens, separators=(",", ":")),
         KEY_DIGEST: tensor_digest(cache),
     }
@@ -160,6 +164,11 @@ def check_header(core: EngineCore, path: Path) -> CacheHeader:
         then = meta.get(KEY_ADAPTER) or "no adapter"
         raise CacheUnusable(f"was made under another adapter ({then}, now "
                             f"{adapter or 'no adapter'})")
+    kv = core.kv_identity()
+    if meta.get(KEY_KV, "") != kv:
+        raise CacheUnusable(f"was made with other KV-cache settings "
+                            f"({meta.get(KEY_KV) or 'full precision'}, now "
+                            f"{kv or 'full precision'})")
     if header.tokens is None:
         raise CacheUnusable("is damaged (its token ids are unreadable)")
     expected = [type(c).__name__ for c in core.new_cache()]

@@ -139,6 +139,9 @@ class FakeCore:
     def adapter_identity(self) -> str:
         return ""
 
+    def kv_identity(self) -> str:
+        return ""
+
     def reset_cache(self) -> None:
         pass
 

@@ -229,3 +229,14 @@ def test_going_back_to_a_branch_reuses_its_own_turns(llama, demo_kit) -> None:
     again, _ = turn(llama, plain, a)
     assert again.text == back.text
     assert again.stats.reused_tokens < back.stats.reused_tokens // 2
+
+
+def test_the_end_of_sequence_token_is_marked_not_text(demo_kit) -> None:
+    chat = load(demo_kit.chat)
+    done, events = turn(chat, caches_for(chat), [{"role": "user", "content": "Hello!"}],
+                        TurnOptions(logprobs=2), SamplingParams(temperature=0.0,
+                                                                max_tokens=64))
+    probs = [e for e in events if isinstance(e, TokenLogprob)]
+    assert done.stats.finish_reason == "stop"  # the demo chat model ends its replies
+    assert probs[-1].eos and not any(p.eos for p in probs[:-1])
+    assert chat.tokenizer.decode([p.token for p in probs if not p.eos]) == done.text

@@ -177,3 +177,29 @@ def test_the_session_and_the_config_keep_the_kv_settings() -> None:
     assert bad.kv == {} and "[kv]" in bad.problems[0]
     config = parse_config({"decoding": {"kv_bits": 8, "prompt_lookup": 99}})
     assert config.decoding == {"kv_bits": 8} and "--prompt-lookup 99" in config.problems[0]
+
+
+def test_a_session_cache_of_other_kv_settings_is_rebuilt_not_reused(demo_kit, tmp_path) -> None:
+    """A saved prompt cache holds entries written under one KV quantization; resumed under
+    another, it is set aside with a notice and the transcript is read again (the reply then
+    equals a fresh run under the new settings), instead of mixing the two."""
+    from engine import Engine, ModelLoaded, SamplingParams
+    from engine.speculative import DecodingSettings, KVSettings
+    from sessions import SessionStore, submit_autosave, submit_resume
+    from sessions.transcript import Session
+
+    store = SessionStore(tmp_path / "sessions")
+    session = Session(name="kv")
+    with Engine() as engine:
+        assert isinstance(engine.load(str(demo_kit.llama)).wait(120), ModelLoaded)
+        session.add_user("Tell me about modules.")
+        done = engine.chat(session.chat_messages(),
+                           SamplingParams(temperature=0.0, max_tokens=8)).result_sync()
+        session.add_reply(done.text, done.stats.to_dict())
+        submit_autosave(engine, store, session, whole=True).result_sync()
+        engine.set_decoding(DecodingSettings(kv=KVSettings(bits=8, group_size=64, start=0))
+                            ).result_sync()
+        report = submit_resume(engine, store, session).result_sync()
+    assert not report.reused
+    assert "KV-cache settings" in (report.reason or report.notice or "")
+    store.close()

@@ -158,7 +158,8 @@ class ChatController:
                 if throughput.generated == 0:  # the first text of the reply
                     turn.note("")
                     app.update_status(reply="writing…")
-                throughput.record_tokens(token.generated, token.decode_tps)
+                throughput.record_tokens(token.generated, token.decode_tps,
+                                         token.from_draft)
             sidebar.tick()
 
         sidebar.paced = True

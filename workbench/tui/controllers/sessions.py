@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -115,10 +116,23 @@ class SessionController:
     async def _resume(self, session: Session, use_adapter: bool) -> None:
         """Restore the session's adapter and prompt cache (or re-read its transcript)."""
         assert self.store is not None
+        self._use_session_kv(session)
         report = await resume(self.app, self.engine, self.store, session, use_adapter,
                               replying=lambda: self.chat.replying)
         if report is not None:
             self.last_resume = report
+
+    def _use_session_kv(self, session: Session) -> None:
+        """Decode with the KV quantization the session was saved with (its cache holds
+        entries written so), unless ``--kv-bits`` was given; queued before the resume."""
+        decoding = getattr(self.engine, "decoding", None)
+        if not session.kv or decoding is None or getattr(self.args, "kv_bits", None) is not None:
+            return
+        from engine.speculative import KVSettings
+
+        kv = KVSettings.from_dict(session.kv)
+        if kv != decoding.kv:
+            self.engine.set_decoding(replace(decoding, kv=kv))
 
     # -- autosave ------------------------------------------------------------------------
     def turn_finished(self) -> None:
@@ -144,6 +158,9 @@ class SessionController:
             self.conversation.set_model(model_spec(info))
         if self.engine.adapter is not None:
             self.conversation.set_adapter(self.engine.adapter)  # a scale of 0 stays 0
+        decoding = getattr(self.engine, "decoding", None)
+        if decoding is not None:  # the KV quantization the cache is written with
+            self.conversation.session.kv = decoding.kv.to_dict()
 
     def _claim_name(self, base: str) -> str | None:
         """A free session name, locked for this app (another app may be starting one)."""

@@ -92,6 +92,15 @@ class TrainingController:
         info = self.app.models.info
         return model_spec(info) if info is not None else None
 
+    def demo_data_folder(self) -> Path | None:
+        """On the demo chat model: the kit's small training set (so a first run needs no
+        data of one's own); else None."""
+        info = self.app.models.info
+        if info is None or not info.is_demo:
+            return None
+        folder = Path(info.path).parent / "train-data"
+        return folder if (folder / "train.jsonl").is_file() else None
+
     def default_adapter_folder(self) -> Path:
         """A new folder in the adapters folder, named after the model and the day."""
         info = self.app.models.info

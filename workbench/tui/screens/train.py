@@ -111,7 +111,11 @@ class TrainScreen(ModalScreen[None]):
     def __init__(self, controller: TrainingController) -> None:
         super().__init__()
         self.controller = controller
-        self.defaults = {**config_defaults(), **presets().get("default", {})}
+        # On the demo model a first run trains on the kit's own chat set, with the quick
+        # preset (well under a minute on two cores); elsewhere mlx-lm's defaults.
+        self.demo_data = controller.demo_data_folder()
+        self.preset = "quick" if self.demo_data is not None else "default"
+        self.defaults = {**config_defaults(), **presets().get(self.preset, {})}
         self.form_wanted = False  # "New run": the form stays while the old run is shown
 
     # -- layout --------------------------------------------------------------------------
@@ -125,13 +129,14 @@ class TrainScreen(ModalScreen[None]):
                     with Grid(id="train-grid"):
                         yield Label("preset", classes="train-label")
                         yield Select([(n, n) for n in preset_names], id="train-preset",
-                                     value="default" if "default" in preset_names
+                                     value=self.preset if self.preset in preset_names
                                      else Select.NULL, compact=True)
                         yield Label("fine-tune", classes="train-label")
                         yield Select(TUNE_TYPES, id="train-fine_tune_type", compact=True,
                                      value=d.get("fine_tune_type", "lora"), allow_blank=False)
                         yield Label("data", classes="train-label")
-                        yield Select(SOURCES, id="train-source", value="conversation",
+                        yield Select(SOURCES, id="train-source",
+                                     value="folder" if self.demo_data else "conversation",
                                      allow_blank=False, compact=True)
                         yield Label("", classes="train-label")
                         yield Checkbox("mask prompt", bool(d.get("mask_prompt")),
@@ -148,7 +153,8 @@ class TrainScreen(ModalScreen[None]):
                                    id="train-only_good", compact=True)
                     with Horizontal(id="train-folder-row", classes="train-row"):
                         yield Label("data folder", classes="train-label")
-                        yield Input(placeholder="a folder with train.jsonl and valid.jsonl",
+                        yield Input(str(self.demo_data or ""),
+                                    placeholder="a folder with train.jsonl and valid.jsonl",
                                     id="train-data", compact=True)
                     with Horizontal(classes="train-row"):
                         yield Label("adapter folder", classes="train-label")

@@ -166,7 +166,10 @@ class AssistantTurn(Vertical):
         self._pending_thoughts.append(text)
 
     def record_token(self, token: TokenLogprob) -> None:
-        """One token's logprob and alternatives (the probability view was on)."""
+        """One token's logprob and alternatives (the probability view was on); the
+        end-of-sequence token that ended the reply is not part of its text."""
+        if token.eos:
+            return
         self.tokens.append(token)
         self._tokens_changed = True
 
