@@ -98,7 +98,7 @@ def test_fast_path_matches_mlx_lm(demo_kit, fuse_tmp, model, adapter, mode):
 
 def test_swaps_between_fused_adapters_stay_exact(demo_kit, fuse_tmp):
     path = demo_kit.llama_4bit
-    with Engine() as engine:  # auto: fused, memory allowing
+    with Engine(adapter_mode="auto") as engine:  # auto: fused, memory allowing
         load(engine, path)
         messages: list[dict[str, str]] = []
         last_prompt: dict[str, int] = {}

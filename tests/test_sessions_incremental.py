@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import random
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -368,29 +370,57 @@ _ZYGOTE = """
 KILLS = 20
 
 
-def _one_writer_killed(zygote: subprocess.Popen[str], rng: random.Random, aim: bool) -> str:
+class _Lines:
+    """The zygote's output lines, read on a thread, so that a wait can time out (a forked
+    writer can, rarely, hang before it starts: fork after imports is not always clean)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            self.queue.put(line)
+        self.queue.put("")
+
+    def next(self, timeout: float = 60.0) -> str | None:
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+def _one_writer_killed(zygote: subprocess.Popen[str], lines: _Lines, rng: random.Random,
+                       aim: bool) -> str | None:
     """Start a writer, SIGKILL it after a random delay (``aim``: a few ms after it begins a
-    save); returns the last thing it said before it died."""
-    assert zygote.stdin is not None and zygote.stdout is not None
+    save); returns the last thing it said before it died, or None when it hung before it
+    began (it is killed, and the round is not counted)."""
+    assert zygote.stdin is not None
     zygote.stdin.write("go\n")
     zygote.stdin.flush()
-    pid_line = zygote.stdout.readline()
-    assert pid_line.startswith("PID"), pid_line
+    pid_line = lines.next()
+    assert pid_line and pid_line.startswith("PID"), pid_line
     pid = int(pid_line.split()[1])
-    last = zygote.stdout.readline()
+    last = lines.next()
+    if last is None:  # hung before it was ready: not a round
+        os.kill(pid, signal.SIGKILL)
+        while (line := lines.next()) is not None and not line.startswith("DEAD"):
+            assert line, "the zygote ended"
+        return None
     assert last.startswith("READY"), last
     if aim:
         want = rng.randrange(3)
         while not (last.startswith("SAVING") and int(last.split()[1]) >= want):
-            last = zygote.stdout.readline()
-            assert last, "the writer ended early"
+            line = lines.next()
+            assert line, "the writer ended early or hung"
+            last = line
         time.sleep(rng.uniform(0.0, 0.015))
     else:
         time.sleep(rng.uniform(0.0, 0.5))
     os.kill(pid, signal.SIGKILL)
     while True:
-        line = zygote.stdout.readline()
-        assert line, "the zygote ended"
+        line = lines.next()
+        assert line, "the zygote ended or hung"
         if line.startswith("DEAD"):
             return last
         last = line
@@ -405,9 +435,15 @@ def test_a_writer_killed_at_random_moments_always_leaves_a_loadable_session(save
     zygote = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_ZYGOTE), str(folder),
                                str(saved["model"])], cwd=ROOT, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
+    lines = _Lines(zygote.stdout)
+    hung = 0
     try:
         for round_no in range(KILLS):
-            last = _one_writer_killed(zygote, rng, aim=round_no % 2 == 1)
+            last = None
+            while last is None:
+                last = _one_writer_killed(zygote, lines, rng, aim=round_no % 2 == 1)
+                hung += last is None
+                assert hung <= 3, "writers keep hanging before they start"
             mid_save += last.startswith("SAVING")
             _check_resumable(eng, folder, round_no, answer=round_no % 10 == 9)
     finally:
