@@ -12,7 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .adapter_swap import AdapterState
+    from .adapter_state import AdapterState
     from .adapters import AdapterInfo
     from .core import EngineCore
     from .errors import EngineError, WorkbenchError
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 # modules, e.g. ``engine.errors``) loads nothing else: a name is imported when first used,
 # so the app's first frame does not wait for the engine's adapter and model code.
 _PUBLIC = {
-    "AdapterState": "adapter_swap",
+    "AdapterState": "adapter_state",
     "AdapterInfo": "adapters",
     "EngineCore": "core",
     "EngineError": "errors",

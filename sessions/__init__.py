@@ -3,8 +3,9 @@
 A session is ``NAME.toml`` (the transcript: the truth) and ``NAME.safetensors`` (the
 model's prompt cache: only saves time) in the sessions folder. ``SessionStore`` handles the
 files from any thread; ``sessions.cache`` holds the jobs that run on the engine thread
-(``resume``, ``save_cache``, ``autosave``, and ``submit_resume``/``submit_autosave`` which
-hand them to ``Engine.submit``). Importing this package imports neither MLX nor any UI.
+(``save_cache``, ``autosave``, and ``submit_autosave`` which hands them to ``Engine.submit``;
+``resume`` and ``submit_resume`` are in ``sessions.cache_resume``). Importing this package
+imports neither MLX nor any UI.
 
 Names are imported when first used, so importing one light module of the package (say
 ``sessions.files``) does not load the others.
@@ -16,18 +17,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .cache import (
         CacheSaved,
-        ResumeReport,
         SaveReport,
         autosave,
         close_cache,
-        resume,
         save_cache,
         save_incremental,
         submit_autosave,
         submit_close,
-        submit_resume,
     )
     from .cache_file import CacheUnusable, read_cache_header
+    from .cache_resume import ResumeReport, resume, submit_resume
     from .errors import (
         BadSession,
         BadSessionName,
@@ -47,7 +46,7 @@ _PUBLIC = {
     "BadSessionName": "errors",
     "CacheSaved": "cache",
     "CacheUnusable": "cache_file",
-    "ResumeReport": "cache",
+    "ResumeReport": "cache_resume",
     "SCHEMA_VERSION": "transcript",
     "SaveReport": "cache",
     "SavedTranscript": "store",
@@ -68,13 +67,13 @@ _PUBLIC = {
     "export_markdown": "export",
     "parse_session": "transcript",
     "read_cache_header": "cache_file",
-    "resume": "cache",
+    "resume": "cache_resume",
     "sanitize_name": "names",
     "save_cache": "cache",
     "save_incremental": "cache",
     "submit_autosave": "cache",
     "submit_close": "cache",
-    "submit_resume": "cache",
+    "submit_resume": "cache_resume",
 }
 
 

@@ -223,7 +223,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_generate(args)
     if command == "chat":
-        from .plain import run_plain
+        from .plain_run import run_plain
 
         return run_plain(args)
     if command == "sessions":
