@@ -186,3 +186,25 @@ def test_sessions_as_data_are_read_never_written(demo_kit, tmp_path, capsys):
     assert config["data"] == str(out / "data")
     record = json.loads((out / "training.json").read_text())
     assert record["workbench"]["sessions"] == ["alpha", "beta"]
+
+
+def test_a_trained_adapter_swapped_into_a_running_conversation_is_exact(demo_kit, early_run):
+    """The adapter a run wrote (its last weights, and its best checkpoint), swapped into a
+    conversation already under way, gives exactly what a fresh
+    ``mlx_lm.load(model, adapter_path=...)`` gives for the same conversation."""
+    from engine import Engine, ModelLoaded, SamplingParams
+    from tests.helpers import reference_reply
+
+    out, _job, _events = early_run
+    greedy = SamplingParams(temperature=0.0, max_tokens=12)
+    with Engine() as engine:
+        assert isinstance(engine.load(str(demo_kit.llama)).wait(120), ModelLoaded)
+        messages = [{"role": "user", "content": "Tell me about modules."}]
+        first = engine.chat(messages, greedy).result_sync()  # the base model, cached
+        messages += [{"role": "assistant", "content": first.text},
+                     {"role": "user", "content": "And packages?"}]
+        for adapter in (out, out / "best"):
+            engine.use_adapter(str(adapter)).result_sync()
+            reply = engine.chat(messages, greedy).result_sync()
+            assert reply.text == reference_reply(demo_kit.llama, messages, 12, adapter=adapter)
+            assert reply.stats.adapter_identity  # it ran under the adapter
