@@ -109,6 +109,14 @@ def test_download_without_network(hf_cache, monkeypatch, capsys):
     assert err.startswith("workbench: cannot reach") and err.count("\n") == 1
 
 
+def _ctrl_c_as_a_terminal() -> None:
+    """In the child, before exec: SIGINT as a shell gives it (default, not blocked). A
+    disposition of SIG_IGN or a blocked SIGINT survives exec, and a test run that left one
+    in its process would make the child deaf to the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_a_download_and_running_it_again_resumes(hub, tmp_path, demo_kit):
     cache = tmp_path / "cache"
@@ -117,7 +125,7 @@ def test_ctrl_c_stops_a_download_and_running_it_again_resumes(hub, tmp_path, dem
     cmd = [sys.executable, "-m", "workbench.cli", "download", REPO]
     hold = hub.hold("model.safetensors", after=3 << 20)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_a_terminal)
     try:
         assert hold.reached.wait(60), "the download never reached the weights"
         deadline = time.monotonic() + 60
