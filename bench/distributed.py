@@ -95,7 +95,9 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_port(count: int) -> int:
+def free_ports(count: int = 2) -> int:
+    """A starting port with ``count`` free ports after it on localhost (the ring backend's
+    ranks listen there; other runs may be using ports too). The tests use it as well."""
     import random
 
     for _ in range(50):
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     for shard in [s for s in args.shards.split(",") if s]:
         start = time.perf_counter()
         results.append(_run([launch, "-n", str(args.ranks), "--backend", "ring",
-                             "--starting-port", str(_free_port(args.ranks)), "--",
+                             "--starting-port", str(free_ports(args.ranks)), "--",
                              sys.executable, *common, "--shard", shard], args.timeout))
         results[-1]["wall_s"] = round(time.perf_counter() - start, 1)
     if args.json:

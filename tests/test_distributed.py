@@ -17,10 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from bench.distributed import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -41,20 +41,6 @@ needs_launch = pytest.mark.skipif(LAUNCH is None,
                                   reason="mlx.launch is not installed (pip install mlx)")
 
 
-def _free_ports(count: int = 2) -> int:
-    """A starting port with ``count`` free ports after it (others may run tests too)."""
-    for _ in range(50):
-        start = random.randrange(20000, 60000)
-        try:
-            for port in range(start, start + count):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return start
-    raise RuntimeError("no free ports")
-
-
 def launch(args: list[str], lines: list[str] | None = None, env: dict[str, str] | None = None,
            timeout: float = 90, wake: bool = False) -> tuple[int, str, str, float]:
     """Run ``mlx.launch -n 2 --backend ring -- python -m workbench ARGS``: (rc, stdout,
@@ -62,7 +48,7 @@ def launch(args: list[str], lines: list[str] | None = None, env: dict[str, str] 
     ``wake``: SIGCONT the whole job once rank 0 has left (a stopped rank would keep
     mlx.launch waiting forever)."""
     assert LAUNCH is not None
-    cmd = [LAUNCH, "-n", "2", "--backend", "ring", "--starting-port", str(_free_ports()),
+    cmd = [LAUNCH, "-n", "2", "--backend", "ring", "--starting-port", str(free_ports()),
            "--", sys.executable, "-m", "workbench", *args]
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "WORKBENCH_DIST_TIMEOUT": "10",
                 **(env or {})}
@@ -262,7 +248,7 @@ def test_follower_lost_mid_reply_gives_one_line_and_exits(demo_kit, tmp_path, ho
 def test_rank_that_never_joins(tmp_path):
     """Rank 0 alone in a two-rank ring: one line within the join timeout, then exit."""
     hostfile = tmp_path / "hosts.json"
-    port = _free_ports()
+    port = free_ports()
     hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLX_RANK": "0",
            "MLX_HOSTFILE": str(hostfile), "WORKBENCH_DIST_JOIN_TIMEOUT": "3"}
