@@ -7,7 +7,6 @@ it), and writes the file private (0600): a conversation is nobody else's busines
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from datetime import datetime
@@ -17,7 +16,7 @@ from typing import Any
 from .errors import ExportRefused
 from .files import atomic_write
 from .store import SessionStore
-from .transcript import Session
+from .transcript import Session, SessionMessage
 
 
 def _when(t: datetime) -> str:
@@ -27,23 +26,58 @@ def _when(t: datetime) -> str:
 def export_markdown(session: Session, branches: str = "current") -> str:
     """The conversation as Markdown: a header of settings, then one section per message.
     ``branches="all"`` adds every other branch after the one shown, each from where it
-    parts from the others."""
+    parts from the branches written before it."""
     text = _markdown(session)
     if branches != "all":
         return text
     from . import branches as tree
 
-    listed = tree.branch_list(session.messages)
+    listed = tree.branch_list(session.messages)  # in tree order, the shown one anywhere
+    by_id = {id(row[0]): row[0] for row in tree.flatten(session.messages)}
+    written = [(info.number, info.path) for info in listed if info.current]
     parts = [text.rstrip()]
-    for info in listed[1:]:
-        messages = copy.deepcopy(session.messages)
-        tree.select(messages, info)
-        start = info.fork_points[-1] if info.fork_points else 0
-        parts += ["", f"# Branch {info.number} of {len(listed)} (from message {start + 1})"]
-        for m in messages[start:]:
-            heading = "You" if m.role == "user" else "Assistant"
-            parts += ["", f"## {heading} ({_when(m.time)})", "", m.content]
+    if written and len(listed) > 1:
+        parts += ["", f"*Above: branch {written[0][0]} of {len(listed)}, the one shown; the "
+                      "others follow.*"]
+    for info in listed:
+        if info.current:
+            continue
+        start, like = _parting(info.path, written)
+        same = f"; messages 1 to {start} as in branch {like}" if start else ""
+        parts += ["", f"# Branch {info.number} of {len(listed)} (from message {start + 1}"
+                      f"{same})"]
+        for message_id in info.path[start:]:
+            parts += _message_section(by_id[message_id])
+        written.append((info.number, info.path))
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _parting(path: tuple[int, ...], written: list[tuple[int, tuple[int, ...]]]
+             ) -> tuple[int, int]:
+    """How many first messages ``path`` shares with the branch written so far that it
+    shares most with, and that branch's number (0 when it shares none)."""
+    best, like = 0, 0
+    for number, other in written:
+        shared = next((i for i, (a, b) in enumerate(zip(path, other, strict=False)) if a != b),
+                      min(len(path), len(other)))
+        if shared > best:
+            best, like = shared, number
+    return best, like
+
+
+def _message_section(m: SessionMessage) -> list[str]:
+    """One message's Markdown lines: a heading with its time and notes, the text, its
+    statistics."""
+    heading = "You" if m.role == "user" else "Assistant"
+    notes = [_when(m.time)]
+    if m.adapter:
+        notes.append(f"adapter {m.adapter}")
+    if m.cancelled:
+        notes.append("cancelled")
+    lines = ["", f"## {heading} ({', '.join(notes)})", "", m.content]
+    if m.stats:
+        lines += ["", f"*{_stats_line(m.stats)}*"]
+    return lines
 
 
 def _markdown(session: Session) -> str:
@@ -68,15 +102,7 @@ def _markdown(session: Session) -> str:
             if now != system:
                 system = now
                 lines += ["", "## System (changed here)", "", now or "*(none)*"]
-        heading = "You" if m.role == "user" else "Assistant"
-        notes = [_when(m.time)]
-        if m.adapter:
-            notes.append(f"adapter {m.adapter}")
-        if m.cancelled:
-            notes.append("cancelled")
-        lines += ["", f"## {heading} ({', '.join(notes)})", "", m.content]
-        if m.stats:
-            lines += ["", f"*{_stats_line(m.stats)}*"]
+        lines += _message_section(m)
     return "\n".join(lines).rstrip() + "\n"
 
 
