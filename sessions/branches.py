@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .transcript import SessionMessage
@@ -122,17 +122,22 @@ def _children(branch: Sequence[SessionMessage], offset: int) -> list[Branch]:
     return sorted([list(branch[offset:]), *head.alternatives], key=lambda b: b[0].branch_no)
 
 
-def _leaves(branch: Sequence[SessionMessage], path: tuple[SessionMessage, ...],
-            first: int = 0) -> Iterator[tuple[SessionMessage, ...]]:
-    """Every full path through ``branch`` (which starts after ``path``): the tree's leaves,
-    siblings in branch-number order, so each branch has the same number whichever is shown.
-    ``first``: where to look for forks (1 in a sibling: its head's fork is the one above)."""
-    for offset in range(first, len(branch)):
-        if branch[offset].alternatives:
-            for child in _children(branch, offset):
-                yield from _leaves(child, (*path, *branch[:offset]), 1)
-            return
-    yield (*path, *branch)
+def _leaves(messages: Sequence[SessionMessage]) -> Iterator[tuple[SessionMessage, ...]]:
+    """Every full path through the tree: its leaves, siblings in branch-number order, so each
+    branch has the same number whichever is shown. Iterative: a tree nested thousands of
+    forks deep is read like a flat one."""
+    # (the path before this branch, the branch, where to look for its first fork: 1 in a
+    # sibling, whose head's fork is the one above)
+    stack: list[tuple[tuple[SessionMessage, ...], Sequence[SessionMessage], int]] = [
+        ((), messages, 0)]
+    while stack:
+        path, branch, first = stack.pop()
+        fork = next((o for o in range(first, len(branch)) if branch[o].alternatives), None)
+        if fork is None:
+            yield (*path, *branch)
+            continue
+        prefix = (*path, *branch[:fork])
+        stack.extend((prefix, child, 1) for child in reversed(_children(branch, fork)))
 
 
 def branch_list(messages: Sequence[SessionMessage]) -> list[BranchInfo]:
@@ -140,7 +145,7 @@ def branch_list(messages: Sequence[SessionMessage]) -> list[BranchInfo]:
     does not renumber them)."""
     shown = [id(m) for m in messages]
     out = []
-    for number, path in enumerate(_leaves(messages, ()), 1):
+    for number, path in enumerate(_leaves(messages), 1):
         forks = tuple(i for i, m in enumerate(path) if m.alternatives or m.branch_no != 1)
         last = path[-1].content if path else ""
         out.append(BranchInfo(number=number, current=[id(m) for m in path] == shown,
@@ -167,27 +172,36 @@ def select(messages: list[SessionMessage], info: BranchInfo) -> bool:
 # -- on disk ---------------------------------------------------------------------------------
 def flatten(messages: Sequence[SessionMessage]) -> list[tuple[SessionMessage, int, int, bool]]:
     """Every message of the tree as ``(message, id, parent id, alt)``: the shown branch
-    first (ids 1..n), then the others; ``alt`` marks the head of a branch not shown."""
+    first (ids 1..n), then the others, depth first; ``alt`` marks the head of a branch not
+    shown. Iterative, so any depth of forks is written."""
     out: list[tuple[SessionMessage, int, int, bool]] = []
-
-    def add(branch: Sequence[SessionMessage], parent: int, alt: bool) -> None:
-        ids = []
+    stack: list[tuple[Sequence[SessionMessage], int, bool]] = [(messages, 0, False)]
+    while stack:
+        branch, parent, alt = stack.pop()
+        first_parent, ids = parent, []
         for i, message in enumerate(branch):
             out.append((message, len(out) + 1, parent, alt and i == 0))
             parent = len(out)
             ids.append(parent)
-        for i, message in enumerate(branch):
-            before = ids[i - 1] if i else (out[ids[0] - 1][2])
-            for sibling in sorted(message.alternatives, key=lambda b: b[0].branch_no):
-                add(sibling, before, True)
-
-    add(messages, 0, False)
+        pending = [(sibling, ids[i - 1] if i else first_parent, True)
+                   for i, message in enumerate(branch)
+                   for sibling in sorted(message.alternatives, key=lambda b: b[0].branch_no)]
+        stack.extend(reversed(pending))  # the first sibling (and all below it) comes next
     return out
 
 
-def rebuild(nodes: Sequence[tuple[SessionMessage, int, int, bool]]) -> list[SessionMessage]:
+def rebuild(nodes: Sequence[tuple[SessionMessage, int, int, bool]],
+            problems: list[str] | None = None) -> list[SessionMessage]:
     """The shown branch, with its alternatives, from ``flatten``'s rows (any order).
-    Raises ValueError naming the first id that does not fit a tree."""
+
+    Every message is placed or the file is refused: where a message has several children
+    and not all but one are marked ``alt`` (a hand edit, another tool), the first unmarked
+    one continues the branch and the others become its siblings (noted in ``problems``),
+    and sibling numbers that clash are made distinct. Raises ValueError naming the first id
+    that does not fit a tree (a duplicate, a missing parent, a loop, an unreachable part).
+    Linear in the number of messages, and iterative.
+    """
+    notes = problems if problems is not None else []
     by_id: dict[int, tuple[SessionMessage, int, bool]] = {}
     children: dict[int, list[int]] = {}
     for message, node_id, parent, alt in nodes:
@@ -199,55 +213,64 @@ def rebuild(nodes: Sequence[tuple[SessionMessage, int, int, bool]]) -> list[Sess
         if parent and parent not in by_id:
             raise ValueError(f"message {node_id} has parent {parent}, which is not in the file")
 
-    def line(start: int, seen: set[int]) -> Branch:
-        branch: Branch = []
-        node: int | None = start
-        while node is not None:
-            if node in seen:
+    def split(parent: int) -> tuple[int | None, list[int]]:
+        """The child of ``parent`` that continues its branch, and the heads of the others."""
+        kids = children.get(parent, [])
+        if not kids:
+            return None, []
+        unmarked = [k for k in kids if not by_id[k][2]]
+        shown = unmarked[0] if unmarked else kids[0]
+        if len(unmarked) > 1:
+            notes.append(f"messages {', '.join(str(k) for k in unmarked[1:])} continue "
+                         f"message {parent} beside message {shown} without alt = true: "
+                         "they are kept as other branches")
+        return shown, [k for k in kids if k != shown]
+
+    placed: set[int] = set()
+    root: Branch = []
+    # (the branch to fill, its first id, the id before it, whether its head's siblings are
+    # its own to place: only the shown branch's are; a sibling's belong to the fork above)
+    stack: list[tuple[Branch, int, int, bool]] = []
+    head, _ = split(0)
+    if head is not None:
+        stack.append((root, head, 0, True))
+    while stack:
+        branch, node, before, own_head = stack.pop()
+        while True:
+            if node in placed:
                 raise ValueError(f"message {node} is its own ancestor")
-            seen.add(node)
+            placed.add(node)
             message = by_id[node][0]
             message.alternatives = []
             branch.append(message)
-            kids = children.get(node, [])
-            node = next((k for k in kids if not by_id[k][2]), None)
-        return branch
-
-    def build(parent: int, seen: set[int]) -> Branch:
-        kids = children.get(parent, [])
-        shown = next((k for k in kids if not by_id[k][2]), None)
-        if shown is None:
-            return []
-        branch = line(shown, seen)
-        # every message on it: its alternatives are its parent's other children
-        previous = parent
-        for message_id, message in zip(_ids(branch, by_id), branch, strict=True):
-            for alt in children.get(previous, []):
-                if by_id[alt][2]:
-                    alt_branch = line(alt, seen)
-                    _expand(alt_branch, alt, by_id, children, line, seen)
-                    message.alternatives.append(alt_branch)
-            previous = message_id
-        return branch
-
-    return build(0, set())
+            if own_head or len(branch) > 1:
+                _, others = split(before)
+                for other in others:
+                    sibling: Branch = []
+                    message.alternatives.append(sibling)
+                    stack.append((sibling, other, before, False))
+                _distinct_numbers(message, by_id, others, notes)
+            before = node
+            following, _ = split(node)
+            if following is None:
+                break
+            node = following
+    if len(placed) != len(by_id):
+        lost = min(set(by_id) - placed)
+        raise ValueError(f"message {lost} cannot be reached from the first message (its "
+                         "parents form a loop)")
+    return root
 
 
-def _ids(branch: Branch, by_id: dict[int, tuple[Any, int, bool]]) -> list[int]:
-    index = {id(m): node_id for node_id, (m, _p, _a) in by_id.items()}
-    return [index[id(m)] for m in branch]
-
-
-def _expand(branch: Branch, head_id: int, by_id: dict[int, tuple[Any, int, bool]],
-            children: dict[int, list[int]], line: Any, seen: set[int]) -> None:
-    """The alternatives inside a branch not shown (forks deeper in it)."""
-    ids = _ids(branch, by_id)
-    for i, message in enumerate(branch):
-        if i == 0:
-            continue  # the head's siblings belong to the fork above
-        parent = ids[i - 1]
-        for alt in children.get(parent, []):
-            if by_id[alt][2]:
-                alt_branch = line(alt, seen)
-                _expand(alt_branch, alt, by_id, children, line, seen)
-                message.alternatives.append(alt_branch)
+def _distinct_numbers(head: SessionMessage, by_id: dict[int, tuple[SessionMessage, int, bool]],
+                      others: list[int], notes: list[str]) -> None:
+    """Siblings are told apart by ``branch_no``: renumber the ones that clash."""
+    seen = {head.branch_no}
+    for other in others:
+        message = by_id[other][0]
+        if message.branch_no in seen:
+            new = max(seen) + 1
+            notes.append(f"message {other}: branch {message.branch_no} is taken at its "
+                         f"position; it is branch {new} now")
+            message.branch_no = new
+        seen.add(message.branch_no)

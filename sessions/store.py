@@ -127,7 +127,7 @@ class SessionStore(SessionLocks):
             name = c.name
             if name.startswith(".") or name.endswith((TRANSCRIPT, CACHE, STALE, SEGMENTS,
                                                       ".lock")) \
-                    or ".toml.damaged-" in name:
+                    or ".toml.damaged-" in name or ".toml.edited-" in name:
                 return True
         return False
 
@@ -259,22 +259,43 @@ class SessionStore(SessionLocks):
         return SavedTranscript(path, len(data), session.updated, set_aside)
 
     def _guard_existing(self, name: str, path: Path) -> Path | None:
-        """Check a transcript that changed since this store last read or wrote it."""
+        """A transcript that changed on disk since this store last read or wrote it (a hand
+        edit, another program) is never written over: it is kept aside, as
+        ``NAME.toml.edited-TIME`` (or ``.damaged-TIME`` when it cannot be read), with a
+        notice. So is one this store never read (what was not read is not written over)."""
         try:
             st = path.stat()
         except FileNotFoundError:
             return None
-        if self._seen.get(name) == (st.st_size, st.st_mtime_ns, st.st_ino):
+        seen = self._seen.get(name)
+        if seen == (st.st_size, st.st_mtime_ns, st.st_ino):
             return None
         try:
             parse_session(name, path.read_bytes())
+            kind = "edited"
         except SessionTooNew:
             raise
         except (BadSession, OSError):
-            aside = path.with_name(f"{path.name}.damaged-{now():%Y%m%d-%H%M%S}")
-            os.replace(path, aside)
-            return aside
-        return None
+            kind = "damaged"
+        aside = self._free_aside(path, kind)
+        os.replace(path, aside)
+        self.notices.append(
+            (f"session {name!r} was changed on disk since it was opened"
+             if seen is not None else f"a session {name!r} this workbench did not open was "
+             "on disk") + f": that version is kept as {aside.name}, and the session was "
+            "saved as the workbench holds it"
+            if kind == "edited" else
+            f"session {name!r} on disk could not be read: it is kept as {aside.name}")
+        return aside
+
+    @staticmethod
+    def _free_aside(path: Path, kind: str) -> Path:
+        stamp = f"{path.name}.{kind}-{now():%Y%m%d-%H%M%S}"
+        aside, n = path.with_name(stamp), 1
+        while os.path.lexists(aside):
+            n += 1
+            aside = path.with_name(f"{stamp}-{n}")
+        return aside
 
     @serialized
     def delete(self, name: str) -> builtins.list[Path]:

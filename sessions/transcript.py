@@ -9,7 +9,7 @@ what to do, raised as ``BadSession``; a transcript of a newer schema is refused 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -80,6 +80,13 @@ class Session:
     problems: list[str] = field(default_factory=list)  # harmless oddities found on reading
     # A fork waiting for the message that starts its new branch (see fork()).
     parked: branches.Parked | None = field(default=None, repr=False)
+
+    def fresh_copy(self, name: str) -> Session:
+        """A new, empty conversation named ``name`` with this one's model, adapter and
+        settings (a reset: the old session stays as it was saved)."""
+        return replace(self, name=name, title="", created=now(), updated=now(), messages=[],
+                       problems=[], parked=None, template_args=dict(self.template_args),
+                       kv=dict(self.kv))
 
     # -- the conversation ----------------------------------------------------------------
     def add_user(self, text: str) -> SessionMessage:
@@ -320,7 +327,7 @@ def session_from_data(name: str, data: dict[str, Any]) -> Session:
         rows.append((message, node_id, parent, bool(r.get("alt", (bool,), "true or false",
                                                            False))))
     try:
-        session.messages = branches.rebuild(rows)
+        session.messages = branches.rebuild(rows, problems)
     except ValueError as exc:
         raise BadSession(f"session {name!r} cannot be read: its branches do not form a tree "
                          f"({exc}); fix the ids and parents (the file was left unchanged)"

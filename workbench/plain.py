@@ -109,9 +109,21 @@ class PlainChat:
         return True, "system prompt cleared" if not arg else "system prompt set"
 
     def _cmd_reset(self, _arg: str) -> tuple[bool, str]:
-        self.conv.clear()
+        """A new conversation. A saved session is never emptied: it is closed as it is, and
+        the new conversation is saved under a new name (autosave goes on there)."""
+        store, old = self.store, self.session
+        if store is None or not old.messages:
+            self.conv.clear()
+            self.engine.reset().result_sync()
+            return True, "new conversation"
+        self.close_session()
+        name = store.unique_name(old.name)
+        store.acquire(name)
+        self.conv.replace_session(old.fresh_copy(name))
+        store.release(old.name)
         self.engine.reset().result_sync()
-        return True, "new conversation"
+        return True, (f"new conversation, saved as {name} from its first reply; "
+                      f"session {old.name} is kept as it was")
 
     def _adapter_infos(self) -> list[AdapterInfo]:
         return self.engine.list_adapters(self.adapter_dirs, self.adapter_paths).result_sync()
