@@ -43,15 +43,34 @@ def always_trimmable(layer: Any) -> bool:
     return type(layer) in (KVCache, QuantizedKVCache)
 
 
-def copy_layer(layer: Any) -> Any:
-    """An independent copy of a layer cache (its arrays are updated in place as it grows)."""
+def _copied(value: Any) -> Any:
+    """``value`` with every MLX array in it replaced by a new array object, and every list,
+    tuple, dict and layer cache in it rebuilt: nothing the live cache changes in place (a
+    slice written into an array, an entry set in a list) is shared with the copy."""
     import mlx.core as mx
+    from mlx_lm.models.cache import _BaseCache
 
-    state = layer.state
+    if isinstance(value, mx.array):
+        return mx.array(value)
+    if isinstance(value, _BaseCache):
+        return copy_layer(value)
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copied(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    return value
+
+
+def copy_layer(layer: Any) -> Any:
+    """An independent copy of a layer cache: its arrays are updated in place as it grows,
+    and a recurrent layer's ``ArraysCache`` (LFM2's convolutions, Mamba's states) keeps its
+    arrays in a list that is written into (``cache[i] = ...``): copying ``layer.state``
+    would share that list, and a checkpoint would move on with the conversation."""
     kind: Any = type(layer)
     new = kind.__new__(kind)
-    new.__dict__.update(layer.__dict__)
-    new.state = type(state)(mx.array(x) if isinstance(x, mx.array) else x for x in state)
+    new.__dict__.update({name: _copied(value) for name, value in layer.__dict__.items()})
     return new
 
 
