@@ -109,7 +109,8 @@ def _markdown(session: Session) -> str:
 def _stats_line(stats: dict[str, Any]) -> str:
     parts = []
     if "generated_tokens" in stats:
-        parts.append(f"{stats['generated_tokens']} tokens")
+        count = int(stats["generated_tokens"])
+        parts.append(f"{count} token{'' if count == 1 else 's'}")
     if "decode_tps" in stats:
         parts.append(f"{float(stats['decode_tps']):.1f} tok/s")
     if "ttft_s" in stats:

@@ -12,6 +12,11 @@ FINISH_WORDS = {
 }
 
 
+def plural(count: int, word: str, words: str | None = None) -> str:
+    """``1 token``, ``2 tokens`` (``words``: the plural when it is not ``word`` + s)."""
+    return f"{count} {word if count == 1 else (words or word + 's')}"
+
+
 def finish_words(reason: str) -> str:
     return FINISH_WORDS.get(reason, reason)
 
@@ -46,11 +51,11 @@ def decoding_words(stats: TurnStats) -> str:
 
 def turn_summary(stats: TurnStats) -> str:
     """The quiet line under a reply in the app: tokens, rate, first token, reuse, finish."""
-    parts = [f"{stats.generated_tokens} tokens"]
+    parts = [plural(stats.generated_tokens, "token")]
     if stats.generated_tokens:
         parts.append(f"{stats.decode_tps:.1f} tok/s")
         parts.append(f"first token {seconds(stats.ttft_s)}")
     if stats.reused_tokens:
-        parts.append(f"{stats.reused_tokens} prompt tokens from cache")
+        parts.append(f"{plural(stats.reused_tokens, 'prompt token')} from cache")
     parts.append(finish_words(stats.finish_reason))
     return " · ".join(parts)

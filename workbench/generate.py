@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from engine import EngineError, Notice, TokenText, TurnOptions, follow_sync
+from engine import EngineAPI, EngineError, Notice, TokenText, TurnOptions, follow_sync
 
-from .formatting import format_stats
+from .formatting import format_stats, plural
 from .runtime import choose_model_on, demo_label, load_blocking, setup, start_engine
 
 
@@ -24,12 +24,21 @@ def error_line(error: EngineError, max_kv_size: int | None) -> str:
     (the engine's messages speak to the line-mode chat, e.g. "/reset")."""
     if error.kind == "context":
         tokens, limit = error.details.get("prompt_tokens"), error.details.get("limit")
-        size = (f"the prompt is {tokens} tokens and the context holds {limit}"
+        size = (f"the prompt is {plural(int(tokens), 'token')} and the context holds {limit}"
                 if tokens is not None and limit is not None else str(error).split(":")[0])
         bigger = (f"a --max-kv-size larger than {max_kv_size}" if max_kv_size
                   else "a model with a longer context")
         return f"{size}: give a shorter prompt (or system prompt), or {bigger}"
     return str(error)
+
+
+def adapter_problem(engine: EngineAPI, adapter: str | None) -> str | None:
+    """Why ``--adapter`` cannot be used: its folder is missing or not an adapter (and, once
+    a model is loaded, it was made for another); None when there is none or it is usable."""
+    if not adapter:
+        return None
+    info = engine.check_adapter(adapter).result_sync()
+    return None if info.valid else f"--adapter {adapter} cannot be used: {info.reason}"
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -42,7 +51,16 @@ def run_generate(args: argparse.Namespace) -> int:
     system = args.system if args.system is not None else (config.system_prompt or None)
     with start_engine(args, config) as engine:
         choice = choose_model_on(engine, args, config, None if args.quiet else _say)
+        problem = adapter_problem(engine, choice.adapter)  # its files, before the load
+        if problem is not None:  # a one-shot reply without the adapter asked for is wrong
+            print(f"workbench: {problem}", file=sys.stderr)
+            return 2
         loaded = load_blocking(engine, choice, quiet=args.quiet)  # EngineError: one line
+        if choice.adapter and not loaded.adapter:  # the files are fine, the model is not
+            problem = adapter_problem(engine, choice.adapter)  # now against the model
+            print(f"workbench: {problem or f'--adapter {choice.adapter} was not applied'}",
+                  file=sys.stderr)
+            return 1
         if loaded.is_demo and not args.quiet:
             print(f"note: {demo_label(loaded)}", file=sys.stderr)
         messages = [{"role": "system", "content": system}] if system else []

@@ -15,6 +15,8 @@ from typing import Any
 from engine.memory import fmt_bytes
 from models.resolve import short_model
 
+from .formatting import plural
+
 EXAMPLES = """examples:
   workbench sessions            (the same as `workbench sessions list`)
   workbench sessions list
@@ -153,7 +155,7 @@ def _show(store: Any, name: str) -> int:
          if session.adapter else "none"),
         ("created", f"{session.created.astimezone():%Y-%m-%d %H:%M:%S}"),
         ("updated", f"{session.updated.astimezone():%Y-%m-%d %H:%M:%S}"),
-        ("turns", f"{session.turns} ({len(session.messages)} messages)"),
+        ("turns", f"{session.turns} ({plural(len(session.messages), 'message')})"),
         ("sampling", ", ".join(f"{k}={v}" for k, v in session.sampling.to_dict().items()
                                if v is not None)),
         ("transcript", f"{store.transcript_path(name)} "
@@ -187,7 +189,7 @@ def _cache_line(store: Any, session: Any) -> str:
         return f"{path.name} {why}: it will be set aside and rebuilt on resume"
     tokens = header.tokens
     line = (f"{path} ({fmt_bytes(header.file_bytes)}, "
-            f"{len(tokens) if tokens is not None else '?'} tokens)")
+            f"{plural(len(tokens), 'token') if tokens is not None else '? tokens'})")
     model = Path(session.model).expanduser() if session.model else None
     stored = header.metadata.get("workbench_fingerprint", "")
     if model is not None and (model / "config.json").is_file():
@@ -220,7 +222,7 @@ def _delete(store: Any, args: argparse.Namespace) -> int:
             print(f"workbench: add --yes to delete session {args.name!r} without a question",
                   file=sys.stderr)
             return 1
-        answer = input(f"delete session {args.name!r} ({summary.turns} turns, "
+        answer = input(f"delete session {args.name!r} ({plural(summary.turns, 'turn')}, "
                        f"{fmt_bytes(summary.size_bytes)})? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("kept it")
