@@ -4,6 +4,11 @@
 needed), checks the memory fit first and loads with ``mlx_lm.load``; ``render`` turns a
 conversation into the token ids the model reads, through the tokenizer's chat template.
 Engine thread only.
+
+The streaming detokenizer is made to skip special tokens (``hide_special_tokens``): a model
+that writes its pad token (``<|endoftext|>``) would otherwise show it as text in the reply,
+and from there in sessions, exports and the branch list. Only the text changes: the token
+ids, and so the exactness against mlx-lm, stay as they are.
 """
 
 from __future__ import annotations
@@ -27,6 +32,47 @@ Emit = Callable[[Any], None]
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _kept_markers(tokenizer: Any) -> set[str]:
+    """Special tokens that carry meaning in the text (reasoning and tool-call markers)."""
+    names = ("think_start", "think_end", "tool_call_start", "tool_call_end")
+    return {m for m in (getattr(tokenizer, n, None) for n in names) if isinstance(m, str)}
+
+
+def special_token_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the tokenizer's special tokens (pad, eos, bos, chat markers...) that never
+    belong in a reply's text; reasoning and tool-call markers are kept."""
+    ids = {int(i) for i in getattr(tokenizer, "all_special_ids", None) or ()}
+    added = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    ids.update(int(i) for i, tok in added.items() if getattr(tok, "special", False))
+    kept = _kept_markers(tokenizer)
+    return frozenset(i for i in ids if tokenizer.convert_ids_to_tokens(i) not in kept)
+
+
+def hide_special_tokens(tokenizer: Any) -> None:
+    """Make ``tokenizer.detokenizer`` (mlx-lm's ``TokenizerWrapper``) skip special tokens.
+
+    mlx-lm copies one detokenizer per reply (``copy.copy``), so its class is swapped for a
+    subclass whose ``add_token`` drops the ids of ``special_token_ids``: every copy filters.
+    """
+    detokenizer = getattr(tokenizer, "_detokenizer", None)
+    if detokenizer is None or getattr(detokenizer, "hidden_ids", None) is not None:
+        return
+    hidden = special_token_ids(tokenizer)
+    if not hidden:
+        return
+    base: type = type(detokenizer)
+
+    class Quiet(base):  # type: ignore[valid-type,misc]
+        hidden_ids = hidden
+
+        def add_token(self, token: int) -> None:
+            if token not in self.hidden_ids:
+                super().add_token(token)
+
+    Quiet.__name__ = f"Quiet{base.__name__}"
+    detokenizer.__class__ = Quiet
 
 
 def describe(name: str, path: Path, model: Any, config: dict[str, Any], weight_bytes: int,
@@ -105,6 +151,7 @@ class LoadedModel:
         except ValueError as exc:
             raise WorkbenchError(f"{path.name} cannot be loaded: {first_line(exc)}") from None
         mx.reset_peak_memory()
+        hide_special_tokens(tokenizer)
         template = getattr(tokenizer, "chat_template", None)
         info = describe(display_name(spec, path), path, model, config, weight_bytes,
                         time.perf_counter() - start,
