@@ -46,6 +46,7 @@ from .layout import NARROW_WIDTH, Layout
 from .state import Status
 from .widgets import Banner, ChatView, PromptBox, Sidebar, StatusLine
 from .widgets.footer import WorkbenchFooter
+from .widgets.prompt import belongs_to_prompt
 
 if TYPE_CHECKING:
     from .screens.adapter_details import AdapterDetailsScreen
@@ -162,6 +163,18 @@ class WorkbenchApp(App[int]):
 
     def on_resize(self, event: events.Resize) -> None:
         self.layout.fit(event.size.width)
+
+    async def on_event(self, event: events.Event) -> None:
+        """Typing while the chat or the sidebar has the focus: the focus moves to the prompt
+        before the key is handed on, so the keys behind it in the queue go there too."""
+        if isinstance(event, events.Key) and self.screen is self.screen_stack[0] and \
+                belongs_to_prompt(self.focused, event):
+            self.layout.back_to_prompt()
+        await super().on_event(event)
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        if event.widget is self.prompt:
+            self.layout.back_to_prompt()  # 80x24: a prompt with the focus is never hidden
 
     def _engine_changed(self, event: Any) -> None:
         """On the engine thread: hand the change to the app's thread (post_message is

@@ -56,11 +56,14 @@ class Layout:
         self._apply()
 
     def back_to_prompt(self) -> None:
-        """Esc: the chat and the prompt again, with the focus in the prompt."""
+        """Esc: the chat and the prompt again, with the focus in the prompt (at once: the
+        next key already goes there)."""
         if self.narrow and self.over:
             self.over = False
             self._apply()
-        self.app.prompt.focus()
+        prompt = self.app.prompt
+        if prompt.screen is self.app.screen and self.app.focused is not prompt:
+            self.app.set_focus(prompt)
 
     def _apply(self) -> None:
         app = self.app

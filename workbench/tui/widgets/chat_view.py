@@ -21,6 +21,7 @@ from textual.widgets import Static
 
 from ...keymap import CHAT_BINDINGS
 from .chat import AssistantTurn, UserTurn
+from .prompt import TakesNoText, redirect_typing
 
 EMPTY_HINT = (
     "Type a message below and press Enter.\n\n"
@@ -29,7 +30,7 @@ EMPTY_HINT = (
 )
 
 
-class ChatView(VerticalScroll):
+class ChatView(TakesNoText, VerticalScroll):
     """The scrolling list of turns (with a hint while there are none)."""
 
     BINDINGS = CHAT_BINDINGS  # type: ignore[assignment]
@@ -61,8 +62,6 @@ class ChatView(VerticalScroll):
         self.anchor()
 
     def on_key(self, event: events.Key) -> None:
-        from .prompt import redirect_typing
-
         redirect_typing(self, event)  # typing while the chat has the focus: a message
 
     def on_focus(self) -> None:

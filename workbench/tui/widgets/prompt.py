@@ -8,8 +8,11 @@ so they still move the cursor inside a message being written.
 A paste is cleaned first (``clean_paste``): terminal escape sequences copied along with some
 text (colours from a log, a cursor move) are dropped, and any other control character is
 shown as its visible picture, so a paste can never scramble the box. A printable key typed
-while the sidebar or the chat has the focus is not lost either: ``redirect_typing`` turns it
-into ``TypedElsewhere`` and the app puts it (and the focus) in the prompt.
+while the sidebar or the chat has the focus is not lost either: the app asks
+``belongs_to_prompt`` about every key before it hands it to the focused widget, and moves
+the focus to the prompt at once, so keys typed in one burst (they all arrive before any of
+them is handled) reach the prompt in order instead of the chat's one-letter commands.
+``redirect_typing`` is the widgets' own fallback: it turns a key into ``TypedElsewhere``.
 """
 
 from __future__ import annotations
@@ -38,6 +41,23 @@ def clean_paste(text: str) -> str:
     """``text`` without terminal escape sequences; other controls made visible."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return visible(_ESCAPES.sub("", text)).replace("\x85", "\u2424")
+
+
+class TakesNoText:
+    """A mixin for containers whose controls take no text (the chat, the sidebar): a
+    printable key typed there that none of their controls binds is the start of a
+    message."""
+
+
+def belongs_to_prompt(focused: Widget | None, event: events.Key) -> bool:
+    """Whether ``event``, about to go to ``focused``, is typing meant for the prompt: a
+    printable key in a ``TakesNoText`` container that no control there binds (``d`` in the
+    Adapters list, ``e`` on a chat turn keep their meaning)."""
+    if focused is None or not (event.is_printable and event.character):
+        return False
+    if not any(isinstance(node, TakesNoText) for node in focused.ancestors_with_self):
+        return False
+    return event.key not in focused.screen.active_bindings
 
 
 def redirect_typing(widget: Widget, event: events.Key) -> None:

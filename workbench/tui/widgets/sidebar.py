@@ -12,12 +12,12 @@ from textual.containers import VerticalScroll
 from textual.widget import Widget
 
 from .meters import MemoryPane, ModelPane, Pane, ThroughputPane
-from .prompt import redirect_typing
+from .prompt import TakesNoText, redirect_typing
 
 IDLE_REPAINT_S = 0.1
 
 
-class Sidebar(VerticalScroll):
+class Sidebar(TakesNoText, VerticalScroll):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.paced = False  # True while a reply streams: the app's frames call tick()
