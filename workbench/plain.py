@@ -36,8 +36,13 @@ from sessions import (
 )
 
 from .conversation import Conversation
-from .formatting import format_stats
+from .formatting import format_stats, plural
 from .plain_io import Output
+
+# Commands that change what the session file keeps (the system prompt, sampling, template
+# switches, the branch shown, the adapter): saved at once, as the app does.
+SAVED_SETTINGS = frozenset({"system", "set", "preset", "thinking", "branch", "adapter",
+                            "scale"})
 
 
 @dataclass
@@ -206,9 +211,9 @@ class PlainChat:
         report = submit_resume(self.engine, self.store, self.session).result_sync()
         if report.notice:
             self.out.notice(report.notice)
-        how = (f"cache reused ({report.cached_tokens} tokens)" if report.reused
-               else f"{report.prefilled_tokens} tokens prefilled again")
-        return f"session {self.session.name}: {self.session.turns} turns, {how}"
+        how = (f"cache reused ({plural(report.cached_tokens, 'token')})" if report.reused
+               else f"{plural(report.prefilled_tokens, 'token')} prefilled again")
+        return f"session {self.session.name}: {plural(self.session.turns, 'turn')}, {how}"
 
     def autosave(self, whole: bool = False) -> str | None:
         """Save to the store, if any (the prompt cache: what is new, or with ``whole`` the
@@ -242,8 +247,8 @@ class PlainChat:
             self.out.notice(closed.skipped)
 
     def _cmd_branches(self, _arg: str) -> tuple[bool, str]:
-        lines = [f"{'*' if b.current else ' '}{b.number:>3}  {b.turns} turn"
-                 f"{'' if b.turns == 1 else 's'}: {b.last or '(empty)'}"
+        lines = [f"{'*' if b.current else ' '}{b.number:>3}  {plural(b.turns, 'turn')}: "
+                 f"{b.last or '(empty)'}"
                  for b in self.conv.branch_list()]
         return True, "\n".join(lines) if lines else "no messages yet"
 
@@ -255,8 +260,8 @@ class PlainChat:
             return False, f"/branch takes a number from 1 to {len(listed)} (see /branches)"
         if not self.conv.select_branch(number):
             return False, f"there is no branch {number}: /branches lists 1 to {len(listed)}"
-        shown = self.conv.branch_list()[0]
-        return True, f"branch {number}: {shown.turns} turns, last: {shown.last}"
+        shown = next(b for b in self.conv.branch_list() if b.current)
+        return True, f"branch {number}: {plural(shown.turns, 'turn')}, last: {shown.last}"
 
     def _cmd_edit(self, arg: str) -> tuple[bool, str]:
         number, _, text = arg.partition(" ")
@@ -266,7 +271,8 @@ class PlainChat:
         if not 1 <= int(number) <= len(users):
             return False, f"there is no message {number} of yours: you have sent {len(users)}"
         self.conv.edit(users[int(number) - 1], text.strip())
-        self._reply()
+        if not self._reply():  # the edit is taken back: the branch shown is as it was
+            return False, f"message {number} not edited: its reply failed (see above)"
         return True, f"message {number} edited: a new branch (/branches lists them)"
 
     def _cmd_thinking(self, arg: str) -> tuple[bool, str]:
@@ -326,6 +332,8 @@ class PlainChat:
             except Exception as exc:  # noqa: BLE001 - a bug in a command must not end the chat
                 ok, message = False, f"/{command.name} failed: {type(exc).__name__}: {exc}"
             self.out.command(command.name, ok, message)
+            if ok and command.name in SAVED_SETTINGS:
+                self._save_or_say()  # kept even if the chat ends before another reply
             return
         if text.startswith("//"):
             text = text[1:]  # "//x" sends "/x"
@@ -335,8 +343,9 @@ class PlainChat:
         self.conv.add_user(text)
         self._reply()
 
-    def _reply(self) -> None:
-        """The reply to the conversation as it stands (it ends with a user message)."""
+    def _reply(self) -> bool:
+        """The reply to the conversation as it stands (it ends with a user message); False
+        when the turn failed (it is taken back, the error shown)."""
         stream = self.engine.chat(self.conv.engine_messages(), self.conv.params,
                                   options=self.conv.turn_options(self.logprobs))
         probs: list[dict[str, object]] = []
@@ -355,7 +364,7 @@ class PlainChat:
         except EngineError as exc:
             self.conv.drop_unanswered()  # the turn did not happen; the text is in the history
             self.out.error(str(exc), exc.kind)
-            return
+            return False
         stats = done.stats
         self.last_stats = stats
         self.conv.add_reply(done)
@@ -373,6 +382,11 @@ class PlainChat:
                 extra["branch"] = f"{k}/{n}"
                 break
         self.out.reply_done(done.text, stats, extra)
+        self._save_or_say()
+        return True
+
+    def _save_or_say(self) -> None:
+        """Autosave; a save that fails is one error line (the chat goes on)."""
         problem = self.autosave()
         if problem is not None:
             self.out.error(f"not saved: {problem}", "session")
