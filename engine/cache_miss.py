@@ -5,7 +5,8 @@ reply). When it does not, the first differing token tells where the conversation
 the message that holds that position tells why: the system prompt changed, the template
 rendered the last reply differently at the seam (or dropped an earlier reply's reasoning),
 an earlier message differs (an edit, another branch), or a sliding-window cache could not
-be cut back. The adapter case is the core's to say (the cache of another adapter was used).
+be cut back. After an adapter change (``explain_swap``, the core's to call) the line says what
+the swap cost and, when the conversation also changed, why the rest could not be reused.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from .prompt_cache import common_prefix
 
 CONTEXT_TOKENS = 4  # tokens shown on each side of the first difference
+SEAM = "the template rendered the last reply differently (the seam)"
 
 Render = Callable[[Sequence[Mapping[str, str]]], list[int]]
 Decode = Callable[[list[int]], str]
@@ -44,11 +46,22 @@ def _why(messages: Sequence[Mapping[str, str]], owner: int) -> str:
     later_replies = [i for i in range(owner + 1, len(messages))
                      if messages[i].get("role") == "assistant"]
     if role == "assistant" and not later_replies:
-        return "the template rendered the last reply differently (the seam)"
+        return SEAM
     if role == "assistant":
         return ("the template rendered an earlier reply differently (for example it "
                 "dropped that reply's reasoning)")
     return "an earlier message differs (an edit, or another branch)"
+
+
+def _difference(held: list[int], prompt: list[int], why: str, decode: Decode) -> str:
+    """``why`` ``prompt`` parts from ``held``, and where (they must part)."""
+    common = common_prefix(held, prompt)
+
+    def around(tokens: list[int]) -> str:
+        return repr(decode(tokens[max(0, common - CONTEXT_TOKENS): common + CONTEXT_TOKENS]))
+
+    return (f"{why}; first difference at token {common}: cached {around(held)}, "
+            f"new {around(prompt)}")
 
 
 def explain(held: list[int], prompt: list[int], reused: int,
@@ -65,9 +78,28 @@ def explain(held: list[int], prompt: list[int], reused: int,
     if reused < common:
         return (f"{head}: the prompts agree on {common} tokens but the sliding-window cache "
                 "could not be cut back to them")
-    def around(tokens: list[int]) -> str:
-        return repr(decode(tokens[max(0, common - CONTEXT_TOKENS): common + CONTEXT_TOKENS]))
-
     why = _why(messages, _owner(render, messages, common))
-    return (f"{head}: {why}; first difference at token {common}: cached {around(held)}, "
-            f"new {around(prompt)}")
+    return f"{head}: {_difference(held, prompt, why, decode)}"
+
+
+def explain_swap(before: list[int], prompt: list[int], reused: int,
+                 messages: Sequence[Mapping[str, str]], render: Render,
+                 decode: Decode) -> tuple[str, int]:
+    """After an adapter change: ``before`` is what was cached under the old adapter. The
+    part the new prompt shares with it was prefilled again under the new one (the count is
+    returned with the line); when the prompt parts from it before it ends (the system
+    prompt changed too, a message was edited), the line says that as well, so the adapter
+    is not blamed for tokens it did not cost. ("", 0) when nothing was prefilled again."""
+    common = common_prefix(before, prompt)
+    reprefill = max(0, min(common, len(prompt) - 1) - reused)
+    if not reprefill:
+        return "", 0
+    line = (f"reused {reused} of {len(before)} cached tokens: the adapter changed, so "
+            f"{reprefill} tokens were prefilled again under it")
+    if common >= len(before) or common >= len(prompt) - 1:
+        return line, reprefill
+    why = _why(messages, _owner(render, messages, common))
+    if why != SEAM:  # a seam costs a token or two on every turn: not worth a word here
+        line += (f"; the other {len(before) - common} could not be reused anyway: "
+                 f"{_difference(before, prompt, why, decode)}")
+    return line, reprefill

@@ -23,10 +23,11 @@ from models.resolve import resolve_model
 from . import memory as mem
 from .adapter_swap import DEFAULT_MAX_PREPARED, AdapterKey, AdapterManager, AdapterState
 from .adapters import AdapterInfo, discover_adapters
+from .cache_miss import explain_swap
 from .errors import NoModel, WorkbenchError
 from .events import LoadProgress, ModelInfo, Notice, PrefillProgress, TurnDone
 from .loaded import LoadedModel
-from .prompt_cache import CacheKey, CacheSnapshot, PromptCaches, common_prefix
+from .prompt_cache import CacheKey, CacheSnapshot, PromptCaches
 from .sampling import SamplingParams, TurnOptions
 from .speculative import (
     MLX_PREFILL_STEP,
@@ -388,10 +389,11 @@ class EngineCore:
                               memory=self.memory, options=options, draft=self.draft,
                               decoding=self.decoding):
             if isinstance(event, TurnDone):
-                event = self._complete(event, pending)
+                event = self._complete(event, pending, messages, options)
             yield event
 
-    def _complete(self, done: TurnDone, pending: tuple[float, list[int]] | None) -> TurnDone:
+    def _complete(self, done: TurnDone, pending: tuple[float, list[int]] | None,
+                  messages: Sequence[Message], options: TurnOptions) -> TurnDone:
         stats = done.stats
         swap_ms, reprefill = None, 0
         if pending is not None and not stats.generated_tokens \
@@ -399,13 +401,14 @@ class EngineCore:
             self._pending_swap = pending  # the re-prefill is still to come
         elif pending is not None:
             swap_ms = pending[0]
-            tokens = self.caches.tokens(self.cache_key)
-            shared = min(common_prefix(pending[1], tokens), stats.prompt_tokens - 1)
-            reprefill = max(0, shared - stats.reused_tokens)
+            loaded = self.require()
+            args = options.template_args or None
+            prompt = loaded.render(messages, template_args=args) + list(options.reply_prefix)
+            line, reprefill = explain_swap(
+                pending[1], prompt, stats.reused_tokens, messages,
+                lambda msgs: loaded.render(msgs, False, args), loaded.tokenizer.decode)
             if reprefill:
-                stats = replace(stats, cached_before=len(pending[1]), cache_miss=(
-                    f"reused {stats.reused_tokens} of {len(pending[1])} cached tokens: the "
-                    f"adapter changed, so {reprefill} tokens were prefilled again under it"))
+                stats = replace(stats, cached_before=len(pending[1]), cache_miss=line)
         active = self.adapters.active
         return TurnDone(done.text, replace(
             stats,

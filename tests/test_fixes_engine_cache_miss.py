@@ -1,0 +1,44 @@
+"""The cache-miss line after an adapter change names every reason (issue 19 #14).
+
+When the adapter changed and the system prompt changed too, the line said only "the adapter
+changed, so N tokens were prefilled again": true for those N, silent about the rest of the
+cached conversation, which no adapter could have reused. Now it names the system prompt too;
+a swap in an unchanged conversation still reads as before.
+"""
+
+from __future__ import annotations
+
+from engine import Engine, SamplingParams
+
+PARAMS = SamplingParams(max_tokens=8)
+
+
+def test_a_swap_with_a_new_system_prompt_names_both(demo_kit) -> None:
+    with Engine() as engine:
+        engine.load(str(demo_kit.llama)).result_sync(120)
+        first = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]
+        engine.chat(first, PARAMS).result_sync(120)
+        engine.use_adapter(str(demo_kit.adapter("tone-a"))).result_sync(120)
+        second = [{"role": "system", "content": "Be brief and curt."},
+                  {"role": "user", "content": "Hi"}]
+        done = engine.chat(second, PARAMS).result_sync(120)
+    line = done.stats.cache_miss
+    assert "the adapter changed" in line
+    assert "the system prompt changed" in line
+    assert f"so {done.stats.reprefill_tokens} tokens were prefilled again" in line
+
+
+def test_a_swap_in_the_same_conversation_blames_the_adapter_alone(demo_kit) -> None:
+    with Engine() as engine:
+        engine.load(str(demo_kit.llama)).result_sync(120)
+        messages = [{"role": "system", "content": "Be kind."},
+                    {"role": "user", "content": "Hi"}]
+        done = engine.chat(messages, PARAMS).result_sync(120)
+        engine.use_adapter(str(demo_kit.adapter("tone-a"))).result_sync(120)
+        messages += [{"role": "assistant", "content": done.text},
+                     {"role": "user", "content": "And then?"}]
+        after = engine.chat(messages, PARAMS).result_sync(120)
+    assert after.stats.reprefill_tokens > 0
+    assert after.stats.cache_miss == (
+        f"reused 0 of {after.stats.cached_before} cached tokens: the adapter changed, so "
+        f"{after.stats.reprefill_tokens} tokens were prefilled again under it")
