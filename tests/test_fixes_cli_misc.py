@@ -71,3 +71,27 @@ def test_counts_of_one_are_singular(demo_kit, tmp_path) -> None:
                       peak_memory=0, kv_bytes=0)
     assert turn_summary(stats).startswith("1 token · ")
     assert "1 prompt token from cache" in turn_summary(stats)
+
+
+@pytest.mark.slow
+def test_line_mode_into_a_pipe_keeps_long_lines_whole(demo_kit) -> None:
+    """Item 14: line mode's output was hard-wrapped at 80 columns even into a pipe."""
+    proc = cli("chat", "--plain", "--model", str(demo_kit.llama), "--max-tokens", "3",
+               stdin="/help\nhi\n")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout.splitlines()
+    assert any(line.startswith("/set NAME VALUE") and line.endswith("max_tokens, seed)")
+               for line in out), out
+    stats = [line for line in out if line.startswith("prompt ")]
+    assert len(stats) == 1 and "| peak " in stats[0], out  # the stats line is one line
+    note = [line for line in proc.stderr.splitlines() if line.startswith("note: ")]
+    assert note and note[0].endswith("Hugging Face repo id)."), proc.stderr
+
+
+def test_sessions_help_names_every_action() -> None:
+    """Item 14: ``workbench --help`` and ``sessions --help`` did not mention rename."""
+    top = cli("--help").stdout
+    line = next(line for line in top.splitlines() if line.strip().startswith("sessions "))
+    assert "rename" in line, line
+    help_text = cli("sessions", "--help").stdout
+    assert "workbench sessions rename " in help_text

@@ -22,8 +22,9 @@ class Output:
         if not jsonl:
             from rich.console import Console
 
-            self.console = Console(highlight=False)
-            self.err = Console(stderr=True, highlight=False)
+            # Into a pipe or a file, a line stays one line (rich would wrap it at 80 columns).
+            self.console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
+            self.err = Console(stderr=True, highlight=False, soft_wrap=not sys.stderr.isatty())
 
     def emit(self, obj: dict[str, Any]) -> None:
         sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")

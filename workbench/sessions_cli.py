@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   workbench sessions list
   workbench sessions show my-chat
   workbench sessions export my-chat --format md > my-chat.md
+  workbench sessions rename my-chat holiday-plans
   workbench sessions delete my-chat --yes"""
 
 
@@ -32,7 +33,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                        help="where sessions are kept (default: the config's, else the "
                             "platform data folder)")
     p = subparsers.add_parser(
-        "sessions", parents=[where], help="list, show, export or delete saved sessions",
+        "sessions", parents=[where], help="list, show, export, rename or delete saved sessions",
         description="Saved conversations: NAME.toml transcripts with NAME.safetensors prompt "
                     "caches in the sessions folder.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
