@@ -16,6 +16,7 @@ updates several times a second while a 500 tok/s reply costs the engine about 3%
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 FASTEST_S = 1 / 20
 SLOWEST_S = 1.0
@@ -31,21 +32,27 @@ def budget_for(decode_tps: float) -> float:
     return min(MAX_BUDGET, max(MIN_BUDGET, 3.0 / decode_tps))
 
 
+def thread_clock() -> tuple[float, float]:
+    """The UI thread's CPU time and the wall time, now: what the pacer reads."""
+    return time.thread_time(), time.perf_counter()
+
+
 class FramePacer:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], tuple[float, float]] = thread_clock) -> None:
         self.interval = FASTEST_S
         self.share = 0.0  # the UI thread's busy share over the last interval
+        self._clock = clock  # (thread CPU seconds, wall seconds); tests give their own
         self._cpu = 0.0
         self._wall = 0.0
 
     def start(self) -> None:
         self.interval = FASTEST_S
         self.share = 0.0
-        self._cpu, self._wall = time.thread_time(), time.perf_counter()
+        self._cpu, self._wall = self._clock()
 
     def measure(self, decode_tps: float) -> float:
         """Call once per frame on the UI thread; returns the next interval."""
-        cpu, wall = time.thread_time(), time.perf_counter()
+        cpu, wall = self._clock()
         self.share = (cpu - self._cpu) / max(wall - self._wall, 1e-6)
         self._cpu, self._wall = cpu, wall
         budget = budget_for(decode_tps)
