@@ -47,7 +47,7 @@ from .demo_recipe_data import (
     suggested_prompts,
     write_data,
 )
-from .demo_tokenizer import EOS_TOKEN_ID, write_tokenizer
+from .demo_tokenizer import EOS_TOKEN_ID, LATEST_MESSAGE_TEMPLATE, write_tokenizer
 
 __all__ = ["ADAPTER_NAMES", "ASSETS_DIR", "DATA_DIR", "SEED", "STYLES", "build", "corpus",
            "examples", "load_source", "suggested_prompts", "write_data"]
@@ -181,6 +181,26 @@ def train_stage(args: dict[str, Any], say: Say) -> list[float]:
 
 
 # -- export ------------------------------------------------------------------------------------
+README = (
+    "# Workbench demo chat model\n\n"
+    "A tiny llama (2 layers, 128 wide, 0.43 million weights) trained in a few minutes\n"
+    "on two CPU cores on a few dozen answers about MLX Workbench (models/demo_data), by\n"
+    "`python -m models.demo_recipe`. It answers those questions and writes readable words;\n"
+    "it knows nothing else. Its chat template shows it only your latest message (it learnt\n"
+    "single questions): it remembers no earlier turn and no system prompt. Its adapters are\n"
+    "in ../adapters (pirate, brief). For real answers load a real model (`--model`, or F5\n"
+    "in the app).\n")
+
+
+def write_chat_template(init: Path, out: Path) -> None:
+    """The tokenizer config of ``init`` with the latest-message template, written once every
+    stage has trained (they read the training data through plain ChatML): the model ships
+    with a template that shows it only the last question (``LATEST_MESSAGE_TEMPLATE``)."""
+    config = json.loads((init / "tokenizer_config.json").read_text())
+    config["chat_template"] = LATEST_MESSAGE_TEMPLATE
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def export_base(init: Path, trained: Path, out: Path, seed: int) -> Path:
     """The trained weights, cast to ``EXPORT_DTYPE``, as a plain model folder."""
     import mlx.core as mx
@@ -198,13 +218,7 @@ def export_base(init: Path, trained: Path, out: Path, seed: int) -> Path:
     config = json.loads((init / "config.json").read_text())
     config.update(model_config(config["vocab_size"], seed, EXPORT_DTYPE))
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (out / "README.md").write_text(
-        "# Workbench demo chat model\n\n"
-        "A tiny llama (2 layers, 128 wide, 0.43 million weights) trained in a few minutes\n"
-        "on two CPU cores on a few dozen answers about MLX Workbench (models/demo_data), by\n"
-        "`python -m models.demo_recipe`. It answers those questions and writes readable words;\n"
-        "it knows nothing else. Its adapters are in ../adapters (pirate, brief). For real\n"
-        "answers load a real model (`--model`, or F5 in the app).\n")
+    (out / "README.md").write_text(README)
     return out
 
 
@@ -259,6 +273,7 @@ def build(out: str | Path, seed: int = SEED, iters: dict[str, int] | None = None
         recorded = {k: v for k, v in args.items() if k not in ("model", "data", "adapter_path")}
         stages[style] = {"args": recorded, "losses": losses,
                          "seconds": round(time.perf_counter() - t0, 1)}
+    write_chat_template(init, out / MODEL_NAME)
     manifest["seconds"] = round(time.perf_counter() - started, 1)
     manifest["files"] = {str(p.relative_to(out)): sha256_of(p) for p in sorted(out.rglob("*"))
                          if p.is_file() and p.parts[len(out.parts)] in (MODEL_NAME, "adapters")}

@@ -19,6 +19,24 @@ CHAT_TEMPLATE = (
 )
 EOS_TOKEN_ID = SPECIAL_TOKENS.index(EOS_TOKEN)
 
+# The trained demo chat model's template (models/demo_recipe.py writes it into the model it
+# ships): ChatML, but only the latest user message and what follows it. That model learnt
+# single questions (0.4 M weights cannot follow a conversation): with the whole history in
+# front of it, a few turns in it wrote gibberish and its pad token. So it reads each message
+# afresh, as it was trained; it remembers no earlier turn and no system prompt.
+LATEST_MESSAGE_TEMPLATE = (
+    "{% set ns = namespace(start=0) %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{% set ns.start = loop.index0 %}{% endif %}"
+    "{% endfor %}"
+    "{% for message in messages[ns.start:] %}"
+    "{% if message['role'] != 'system' %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
 # A reasoning model's template, in the style of Qwen3's: replies in the history lose their
 # <think> block when the conversation is rendered again (so the next prompt parts from the
 # cached one at the seam), and ``enable_thinking=False`` closes an empty block in the prompt.
