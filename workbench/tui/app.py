@@ -94,7 +94,8 @@ class WorkbenchApp(App[int]):
         self.training = TrainingController(self)  # training, eval and fuse jobs
         self.layout = Layout(self)
         self._unsubscribe: Any = None
-        self.keymap, self._startup_problems = check_keymap(config.keys)
+        self.keymap, self._startup_problems = check_keymap(config.keys,
+                                                           str(config.path or "config"))
         self._startup_problems[:0] = list(config.problems)
         register_themes(self)
         wanted = args.theme or config.theme or DARK
@@ -149,7 +150,9 @@ class WorkbenchApp(App[int]):
 
     def on_mount(self) -> None:
         for problem in self._startup_problems:
-            self.notify(problem, title="Config", severity="warning", timeout=12)
+            # Plain text: "[keys]" is the place in the file, not markup to drop.
+            self.notify(problem, title="Config", severity="warning", timeout=12,
+                        markup=False)
         if self.keymap:
             self.set_keymap(self.keymap)
         self.layout.fit(self.size.width)
@@ -165,9 +168,10 @@ class WorkbenchApp(App[int]):
         self.layout.fit(event.size.width)
 
     async def on_event(self, event: events.Event) -> None:
-        """Typing while the chat or the sidebar has the focus: the focus moves to the prompt
-        before the key is handed on, so the keys behind it in the queue go there too."""
-        if isinstance(event, events.Key) and self.screen is self.screen_stack[0] and \
+        """Typing (or a paste) while the chat or the sidebar has the focus: the focus moves to
+        the prompt before the key is handed on, so the keys behind it in the queue go there
+        too."""
+        if isinstance(event, events.Key | events.Paste) and len(self.screen_stack) == 1 and \
                 belongs_to_prompt(self.focused, event):
             self.layout.back_to_prompt()
         await super().on_event(event)
@@ -413,6 +417,9 @@ def make_args(argv: list[str] | None = None, **overrides: Any) -> argparse.Names
 
 
 def run_app(args: argparse.Namespace) -> int:
+    from .paste import install
+
+    install()  # a paste holding escapes stays one paste
     app = WorkbenchApp(args)
     try:
         app.run()

@@ -37,10 +37,15 @@ _ESCAPES = re.compile(
     r"|\x1b[ -/]*[0-~]?")
 
 
+def drop_escapes(text: str) -> str:
+    """``text`` without terminal escape sequences."""
+    return _ESCAPES.sub("", text)
+
+
 def clean_paste(text: str) -> str:
     """``text`` without terminal escape sequences; other controls made visible."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return visible(_ESCAPES.sub("", text)).replace("\x85", "\u2424")
+    return visible(drop_escapes(text)).replace("\x85", "\u2424")
 
 
 class TakesNoText:
@@ -49,13 +54,16 @@ class TakesNoText:
     message."""
 
 
-def belongs_to_prompt(focused: Widget | None, event: events.Key) -> bool:
-    """Whether ``event``, about to go to ``focused``, is typing meant for the prompt: a
-    printable key in a ``TakesNoText`` container that no control there binds (``d`` in the
-    Adapters list, ``e`` on a chat turn keep their meaning)."""
-    if focused is None or not (event.is_printable and event.character):
+def belongs_to_prompt(focused: Widget | None, event: events.Key | events.Paste) -> bool:
+    """Whether ``event``, about to go to ``focused``, is text meant for the prompt: a paste or
+    a printable key in a ``TakesNoText`` container, a key only if no control there binds it
+    (``d`` in the Adapters list, ``e`` on a chat turn keep their meaning)."""
+    if focused is None or not any(isinstance(node, TakesNoText)
+                                  for node in focused.ancestors_with_self):
         return False
-    if not any(isinstance(node, TakesNoText) for node in focused.ancestors_with_self):
+    if isinstance(event, events.Paste):
+        return True
+    if not (event.is_printable and event.character):
         return False
     return event.key not in focused.screen.active_bindings
 
