@@ -411,10 +411,22 @@ def ensure_demo(root: str | Path, progress: Progress | None = None) -> DemoKit:
     return build_demo(root, progress)
 
 
-def is_demo_model(path: str | Path) -> bool:
-    """True for a folder this kit made (its config carries a ``workbench_demo`` mark)."""
+def _demo_mark(path: str | Path) -> Any:
     try:
         cfg = json.loads((Path(path) / "config.json").read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(cfg, dict) and "workbench_demo" in cfg
+        return None
+    return cfg.get("workbench_demo") if isinstance(cfg, dict) else None
+
+
+def is_demo_model(path: str | Path) -> bool:
+    """True for a folder this kit made (its config carries a ``workbench_demo`` mark)."""
+    return _demo_mark(path) is not None
+
+
+def is_trained_demo(path: str | Path) -> bool:
+    """True for the trained demo chat model and any model made from it (a fused adapter, a
+    quantized copy: they keep its config's mark, whatever their folder is called), as
+    opposed to the kit's random-weight models."""
+    mark = _demo_mark(path)
+    return isinstance(mark, dict) and mark.get("kind") == "chat"

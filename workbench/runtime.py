@@ -147,9 +147,9 @@ def load_blocking(engine: EngineAPI, choice: ModelChoice, quiet: bool = False) -
 
 
 def demo_label(info: ModelInfo) -> str:
-    from models.demo import CHAT_MODEL
+    from models.demo import is_trained_demo
 
-    if Path(info.path).name != CHAT_MODEL:  # the kit's random models (tests, benchmarks)
+    if not is_trained_demo(info.path):  # the kit's random models (tests, benchmarks)
         return (f"{info.name} is the DEMO model: random weights, it writes nonsense. "
                 "Choose a real one with --model (a folder or a Hugging Face repo id).")
     return (f"{info.name} is the DEMO model: a tiny model trained on a few dozen answers, for "
