@@ -237,8 +237,10 @@ def _label(binding_id: str) -> str:
     return f"{binding.description} ({binding_id})" if binding else binding_id
 
 
-def check_keymap(keymap: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
-    """Split the config's ``[keys]`` table into usable entries and one-line problems.
+def check_keymap(keymap: Mapping[str, str], source: str = ""
+                 ) -> tuple[dict[str, str], list[str]]:
+    """Split the config's ``[keys]`` table into usable entries and one-line problems, each
+    starting with ``source`` (the config file's path), when given, as config problems do.
 
     An entry is refused (and its binding keeps its default keys) when its id is unknown, it
     has no keys, or a key is one Textual reserves or another binding has there: the app's
@@ -311,7 +313,7 @@ def check_keymap(keymap: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
             changed = True
             break
     good = {i: keymap[i] for i in wanted if i not in refused}
-    return good, problems
+    return good, [f"{source}: {p}" for p in problems] if source else problems
 
 
 def key_rows(keymap: Mapping[str, str], display: Iterable[tuple[str, str]] = ()) -> list[KeyRow]:
