@@ -34,6 +34,7 @@ from .speculative import (
     MLX_SPECULATIVE_PREFILL_STEP,
     DecodingSettings,
     DraftModel,
+    check_kv_quantizable,
 )
 from .turn import ChunkSizer, prefill, run_turn
 
@@ -126,6 +127,12 @@ class EngineCore:
                                       "kv_bits": kv.bits, "kv_group_size": kv.group_size,
                                       "extra": extra, "extra_label": "adapter",
                                       "context_chosen": bool(self.max_kv_size)})
+        try:
+            check_kv_quantizable(loaded.model, kv)
+        except WorkbenchError:
+            del loaded  # refused before any turn: no model is left half in use
+            self.unload()
+            raise
         self.loaded = loaded
         if draft is not None:
             self._keep_draft(draft, emit)
@@ -164,6 +171,10 @@ class EngineCore:
         """Use ``settings`` from the next turn on. Caches written under other KV settings
         are dropped (the next turn prefills again under the new ones)."""
         if settings.kv != self.decoding.kv:
+            if self.loaded is not None:  # refused: nothing changes
+                check_kv_quantizable(self.loaded.model, settings.kv)
+            if self.draft is not None:
+                check_kv_quantizable(self.draft.model, settings.kv, f"the draft {self.draft.name}")
             self.caches.clear()
             self._pending_swap = None
         self.decoding = settings

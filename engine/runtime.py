@@ -205,9 +205,14 @@ class Engine(RequestThread):
         self.decoding = settings
 
         def job(core: EngineCore, _emit: Emit, _cancel: threading.Event) -> DecodingSettings:
-            self._decoding = settings
             try:
-                return core.set_decoding(settings)
+                done = core.set_decoding(settings)
+            except WorkbenchError:
+                self.decoding = core.decoding  # refused (engine/speculative.py): unchanged
+                raise
+            else:
+                self._decoding = settings
+                return done
             finally:
                 if core.loaded is not None:
                     self._announce(core, swapped=False)

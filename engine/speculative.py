@@ -129,6 +129,56 @@ def maybe_quantize(cache: list[Any], kv: KVSettings | None) -> None:
                          "without --kv-bits") from None
 
 
+def _kv_layers(cache: list[Any]) -> Iterator[Any]:
+    """The layer caches of ``cache`` that mlx-lm would try to quantize (those of a
+    ``CacheList`` included)."""
+    for layer in cache:
+        inner = getattr(layer, "caches", None)
+        if inner is not None:
+            yield from _kv_layers(list(inner))
+        elif hasattr(layer, "to_quantized"):
+            yield layer
+
+
+def check_kv_quantizable(model: Any, kv: KVSettings | None, which: str = "") -> None:
+    """Refuse, before any turn, KV settings the model's cache cannot take (mlx-lm would fail
+    only once the cache holds ``kv.start`` tokens, late in a chat): a sliding-window layer,
+    or a head size the group size does not divide. Reads one token into a cache of its own
+    (nothing else is touched) and quantizes it as mlx-lm would. ``which`` names the model
+    in the line (a draft)."""
+    if kv is None or kv.bits is None:
+        return
+    import mlx.core as mx
+    from mlx_lm.models.cache import make_prompt_cache
+
+    cache = list(make_prompt_cache(model))
+    model(mx.array([[0]]), cache=cache)
+    for layer in _kv_layers(cache):
+        if getattr(layer, "keys", None) is None:
+            continue
+        try:
+            mx.eval(layer.to_quantized(group_size=kv.group_size, bits=kv.bits).state)
+        except NotImplementedError:
+            raise BadSetting(f"{which or 'this model'}'s sliding-window cache cannot be "
+                             "quantized: start without --kv-bits") from None
+        except ValueError:
+            line = _group_size_advice(layer, kv.group_size)
+            raise BadSetting(f"{which}: {line}" if which else line) from None
+
+
+def _group_size_advice(layer: Any, group_size: int) -> str:
+    """One line: the head size, and the group sizes that divide it (if any)."""
+    heads = sorted({int(layer.keys.shape[-1]), int(layer.values.shape[-1])})
+    size = " and ".join(map(str, heads))
+    fits = [g for g in KV_GROUP_SIZES if all(h % g == 0 for h in heads)]
+    if not fits:
+        return (f"--kv-bits cannot be used with this model: its attention heads hold {size} "
+                f"values, which no group size ({', '.join(map(str, KV_GROUP_SIZES))}) "
+                "divides; start without --kv-bits")
+    return (f"--kv-group-size {group_size} does not fit this model: its attention heads hold "
+            f"{size} values; use --kv-group-size {max(fits)} (or start without --kv-bits)")
+
+
 def kv_boundaries(first: int, todo: int, step: int = MLX_PREFILL_STEP) -> list[int]:
     """Cache offsets after which a fresh mlx-lm run given the tokens from offset ``first`` on
     would check for quantization while reading ``todo`` of them (all but its last): the ends
@@ -200,6 +250,7 @@ def load_draft(spec: str, path: Path, main_tokenizer: Any, main_name: str,
     if not can_trim_prompt_cache(make_prompt_cache(model)):
         raise DraftMismatch(f"the draft model {name} keeps a cache that cannot be cut back "
                             "(sliding window or recurrent layers): choose another draft")
+    check_kv_quantizable(model, kv, f"the draft {name}")
     return DraftModel(name, str(path), model, tokenizer, report.weights)
 
 
