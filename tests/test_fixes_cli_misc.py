@@ -95,3 +95,21 @@ def test_sessions_help_names_every_action() -> None:
     assert "rename" in line, line
     help_text = cli("sessions", "--help").stdout
     assert "workbench sessions rename " in help_text
+
+
+@pytest.mark.slow
+def test_fuse_demo_fuses_a_demo_adapter_into_a_model_that_talks_like_it(tmp_path) -> None:
+    """Item 14: ``workbench fuse --demo`` was refused (no such flag)."""
+    out = tmp_path / "pirate-fused"
+    bare = cli("fuse", "--demo", "-q")
+    assert bare.returncode == 2 and error_lines(bare.stderr) == [
+        "workbench: --demo fuses one of the demo's adapters: add --adapter-path brief or "
+        "pirate (or a folder of your own)"], bare.stderr
+    proc = cli("fuse", "--demo", "--adapter-path", "pirate", "--save-path", str(out), "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out) and (out / "config.json").is_file()
+    ask = ("--prompt", "hi", "--max-tokens", "6", "-q")
+    fused = cli("generate", "--model", str(out), *ask)
+    swapped = cli("generate", "--demo", "--adapter", "pirate", *ask)
+    assert fused.returncode == 0 and swapped.returncode == 0, fused.stderr + swapped.stderr
+    assert fused.stdout.strip() and fused.stdout == swapped.stdout

@@ -67,8 +67,11 @@ def add_parsers(sub: Any) -> None:
                     "The flags and defaults are mlx_lm fuse's. "
                     "Example: workbench fuse --model ./m --adapter-path ./adapters/a "
                     "--save-path ./m-fused")
-    f.add_argument("--model", default="mlx_model",
+    f.add_argument("--model", default=None,
                    help="the model folder, or a repo id in the Hugging Face cache (mlx_model)")
+    f.add_argument("--demo", action="store_true",
+                   help="the demo chat model (built offline); --adapter-path may then name "
+                        "one of its adapters: pirate or brief")
     f.add_argument("--save-path", default="fused_model",
                    help="the new folder to write the fused model to (fused_model)")
     f.add_argument("--adapter-path", default="adapters",
@@ -252,6 +255,30 @@ def run_eval(args: argparse.Namespace) -> int:
 
 # -- fuse -----------------------------------------------------------------------------------
 
+def _fuse_inputs(args: argparse.Namespace) -> tuple[str, str]:
+    """The model and adapter folders to fuse: the flags', or with ``--demo`` the demo chat
+    model and its adapter of that name (``--adapter-path pirate``)."""
+    if not args.demo:
+        return args.model or "mlx_model", args.adapter_path
+    from engine.errors import BadSetting
+    from models.demo import DemoKit
+
+    from .runtime import demo_model_path
+
+    if args.model:
+        raise BadSetting("give --demo or --model, not both")
+    model = demo_model_path(None if args.quiet else lambda msg: print(msg, file=sys.stderr))
+    folder = DemoKit(model.parent).adapters(model.name)
+    named = folder / args.adapter_path
+    if named.is_dir() and args.adapter_path == named.name:
+        return str(model), str(named)
+    if args.adapter_path == "adapters" and not Path("adapters").is_dir():
+        names = " or ".join(sorted(p.name for p in folder.iterdir() if p.is_dir()))
+        raise BadSetting(f"--demo fuses one of the demo's adapters: add --adapter-path "
+                         f"{names} (or a folder of your own)")
+    return str(model), args.adapter_path
+
+
 def run_fuse(args: argparse.Namespace) -> int:
     from engine.errors import WorkbenchError
     from engine.train.fuse import FuseFailed, FuseFinished, FuseJob, FuseProgress
@@ -259,8 +286,12 @@ def run_fuse(args: argparse.Namespace) -> int:
     from . import recent
     from .models_cli import _ProgressLine
 
+    try:
+        model, adapter = _fuse_inputs(args)
+    except WorkbenchError as exc:
+        return _fail(str(exc), 2)
     line = _ProgressLine(quiet=args.quiet)
-    job = FuseJob(args.model, args.adapter_path, args.save_path, dequantize=args.dequantize,
+    job = FuseJob(model, adapter, args.save_path, dequantize=args.dequantize,
                   export_gguf=args.export_gguf, gguf_path=args.gguf_path,
                   trust_remote_code=args.trust_remote_code)
     try:
