@@ -25,7 +25,7 @@ Module level imports no MLX: the settings are read by the faces (CLI flags, conf
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,6 +252,40 @@ def load_draft(spec: str, path: Path, main_tokenizer: Any, main_name: str,
                             "(sliding window or recurrent layers): choose another draft")
     check_kv_quantizable(model, kv, f"the draft {name}")
     return DraftModel(name, str(path), model, tokenizer, report.weights)
+
+
+def _window_of(layer: Any, upto: int) -> int | None:
+    """0 when ``layer`` can be cut back at any point while it grows to ``upto`` tokens; its
+    window when a sliding-window layer would reach it first (a full ``RotatingKVCache`` is
+    written over in place: cutting it back leaves rejected drafts in it); -1 when it never
+    can (a recurrent layer)."""
+    inner = getattr(layer, "caches", None)
+    if inner is not None:  # a CacheList: the tightest of its parts
+        found = [_window_of(c, upto) for c in inner]
+        return -1 if -1 in found else max(found, default=0)
+    window = getattr(layer, "max_size", None)
+    if isinstance(window, int):
+        return 0 if upto < window else window
+    return 0 if layer.is_trimmable() else -1
+
+
+def speculation_blocker(caches: Mapping[str, list[Any]], upto: int, what: str) -> str:
+    """Why drafting (``what``: the draft model, prompt lookup) would not be exact in a turn
+    whose caches (by whose they are: "the model", "the draft model") grow to at most
+    ``upto`` tokens (the prompt, the longest reply and one draft), in one line; "" when it
+    would be. Asked before the turn: a window that fills during the prompt or the reply
+    would make it drift."""
+    for whose, cache in caches.items():
+        found = [_window_of(layer, upto) for layer in cache]
+        if -1 in found:
+            return (f"{whose}'s cache cannot be cut back (recurrent layers), so {what} is "
+                    "not used: replies are decoded plainly")
+        window = min((w for w in found if w > 0), default=0)
+        if window:
+            return (f"this reply could reach {upto} tokens of context, past {whose}'s "
+                    f"sliding window ({window}), where its cache can no longer be cut back: "
+                    f"{what} is not used for it, it is decoded plainly (the same tokens)")
+    return ""
 
 
 class _Halves(list):  # type: ignore[type-arg]

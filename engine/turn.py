@@ -47,6 +47,7 @@ from .speculative import (
     KVSettings,
     kv_boundaries,
     maybe_quantize,
+    speculation_blocker,
 )
 
 MEMORY_EVENT_INTERVAL_S = 0.25
@@ -213,10 +214,9 @@ def run_turn(loaded: LoadedModel, caches: PromptCaches, key: CacheKey,
     decoding = decoding or DecodingSettings()
     kv = decoding.kv if decoding.kv.on else None
     mode = "draft" if draft is not None else "lookup" if decoding.prompt_lookup else "plain"
-    if mode != "plain" and not _trimmable(slot.cache):
-        yield Notice("this model's cache cannot be cut back (sliding window or recurrent "
-                     f"layers), so {'the draft model' if draft else 'prompt lookup'} is not "
-                     "used: replies are decoded plainly")
+    blocker = _speculation_blocker(mode, slot, draft, decoding, len(prompt) + max_tokens)
+    if blocker:
+        yield Notice(blocker)
         mode = "plain"
     kv_step = MLX_SPECULATIVE_PREFILL_STEP if mode == "draft" else MLX_PREFILL_STEP
     dslot = _draft_slot(slot, draft, prompt) if mode == "draft" and draft else None
@@ -324,10 +324,21 @@ def run_turn(loaded: LoadedModel, caches: PromptCaches, key: CacheKey,
     yield TurnDone("".join(pieces), stats)
 
 
-def _trimmable(cache: list[Any]) -> bool:
-    from mlx_lm.models.cache import can_trim_prompt_cache
+def _speculation_blocker(mode: str, slot: CacheSlot, draft: DraftModel | None,
+                         decoding: DecodingSettings, longest: int) -> str:
+    """Why the turn's drafting mode would not be exact ("" when it would, or is plain): its
+    caches must stay cut-back-able up to ``longest`` tokens (prompt and reply) and one
+    draft more."""
+    if mode == "plain":
+        return ""
+    from mlx_lm.models.cache import make_prompt_cache
 
-    return bool(can_trim_prompt_cache(cache))
+    if mode == "draft" and draft is not None:
+        caches = {"the model": slot.cache, "the draft model": make_prompt_cache(draft.model)}
+        return speculation_blocker(caches, longest + decoding.num_draft_tokens,
+                                   "the draft model")
+    return speculation_blocker({"the model": slot.cache}, longest + decoding.prompt_lookup,
+                               "prompt lookup")
 
 
 def _draft_slot(slot: CacheSlot, draft: DraftModel, prompt: list[int]) -> CacheSlot:
