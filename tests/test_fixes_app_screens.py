@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from textual.containers import VerticalScroll
+from textual.widgets import Input, Static
 
-from tests.test_app_first_hour import inside, make_app, ready, until
+from tests.fake_engine import FakeEngine
+from tests.test_app_first_hour import WIDE, inside, make_app, ready, until
 from workbench.tui.screens.help import HelpScreen
+from workbench.tui.screens.models import ModelsScreen
 
 
 # -- #6 F1 reaches its last rows -----------------------------------------------------------
@@ -27,3 +33,31 @@ async def test_help_shows_its_last_rows_and_the_close_hint(size: tuple[int, int]
         await pilot.pause()
         table = app.screen.query_one("#help-table")
         assert keys.scroll_y + keys.scrollable_content_region.height >= table.size.height
+
+
+# -- #7 F5 opens a local model folder ------------------------------------------------------
+async def test_the_models_screen_opens_a_model_folder_typed_in_it(tmp_path: Path) -> None:
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (folder / "model.safetensors").write_bytes(b"")
+    fake = FakeEngine()
+    app = make_app(fake)
+    async with app.run_test(size=WIDE) as pilot:
+        await ready(pilot)
+        await pilot.press("f5")
+        await until(pilot, lambda: isinstance(app.screen, ModelsScreen), "the models screen")
+        screen = app.screen
+        field = screen.query_one("#models-repo", Input)
+        # A folder that is no model: one line that says why, and the screen stays.
+        field.value = str(tmp_path)
+        field.focus()
+        await pilot.press("enter")
+        message = str(screen.query_one("#models-message", Static).render())
+        assert "not a model folder (no config.json)" in message
+        assert app.screen is screen
+        field.value = str(folder)
+        await pilot.press("enter")
+        await until(pilot, lambda: app.models.info is not None
+                    and app.models.info.path == str(folder.resolve()), "the folder's model")
+        assert app.models.jobs.jobs.get("download") is None, "nothing was downloaded"

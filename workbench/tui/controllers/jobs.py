@@ -111,10 +111,11 @@ class JobsController:
 
         repo = repo_id.strip()
         if not repo:
-            return "Type a Hugging Face repo id first, for example " + self.recommended
+            return ("Type a model folder or a Hugging Face repo id first, for example "
+                    + self.recommended)
         if not looks_like_repo_id(repo):
-            return (f"{repo!r} is not a Hugging Face repo id: it looks like owner/name, for "
-                    f"example {self.recommended}")
+            return (f"{repo!r} is not a Hugging Face repo id (owner/name, for example "
+                    f"{self.recommended}) nor a model folder (/path or ~/path)")
         busy = self._busy("download")
         if busy:
             return busy

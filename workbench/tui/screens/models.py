@@ -4,7 +4,9 @@ It lists what ``models.catalog.scan_models`` finds (the Hugging Face cache, the 
 folders, the recently used models, recently used first) with the facts a user picks by: size
 on disk, bits per weight, parameters, context length and whether it fits in memory now. The
 scan reads only small files, in a thread, never MLX. Enter asks the app to load the chosen
-model; a repo id can be downloaded and the highlighted model quantized to 4 or 8 bits.
+model; a local model folder typed in the download field is opened (offline, the only way to
+a model that is not listed), a repo id there is downloaded, and the highlighted model can be
+quantized to 4 or 8 bits.
 
 Downloads and quantizations are the app's jobs (``tui/controllers/jobs.py``), not the screen's:
 they go on when the screen is closed. The screen shows them with a ``JobPanel``, repainted at
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from textual import on, work
@@ -127,6 +130,16 @@ def model_row(entry: ModelEntry, loaded: bool) -> tuple[str, ...]:
     )
 
 
+def local_folder(text: str) -> Path | None:
+    """The folder ``text`` names when it is a path rather than a repo id (it exists, or it
+    starts like a path: ``/``, ``~``, ``.``)."""
+    text = text.strip()
+    if not text:
+        return None
+    path = Path(text).expanduser()
+    return path if path.exists() or text.startswith(("/", "~", ".")) else None
+
+
 def entry_details(entry: ModelEntry, loaded: bool) -> str:
     """The line under the table for the highlighted model."""
     if entry.problem:
@@ -167,16 +180,17 @@ class ModelsScreen(ModalScreen[str | None]):
             yield table
             yield Static("looking for models…", id="models-details", markup=False)
             with Horizontal(id="models-download-row"):
-                yield Label("Download", classes="section")
-                yield Input(placeholder="a Hugging Face repo id: owner/name",
+                yield Label("Open or download", classes="section")
+                yield Input(placeholder="a model folder (/path, ~/path) or a Hugging Face repo "
+                                        "id: owner/name",
                             id="models-repo", compact=True)
-                yield Button("Download", id="models-download", compact=True)
+                yield Button("Go", id="models-download", compact=True)
             yield JobPanel("download", id="models-download-job")
             yield JobPanel("quantize", id="models-quantize-job")
             yield Static("", id="models-message", markup=False)
             yield Static("Enter loads it (the conversation is kept) · 4 / 8 writes a 4- or "
-                         "8-bit copy · / filter · Ctrl+D download · Ctrl+Z cancels · Esc "
-                         "closes",
+                         "8-bit copy · / filter · Ctrl+D open a folder or download · Ctrl+Z "
+                         "cancels · Esc closes",
                          classes="dialog-hint", markup=False)
 
     @property
@@ -243,7 +257,7 @@ class ModelsScreen(ModalScreen[str | None]):
             details.update("no model matches the filter")
         else:
             details.update("No models found in the Hugging Face cache or your model folders "
-                           "yet: download one below.")
+                           "yet: open a folder or download one below.")
         notes = [f"unfinished download: {p.repo_id} ({fmt_bytes(p.bytes_on_disk)} so far): "
                  "download it again to continue" for p in self.partials]
         if notes and entry is None:
@@ -295,12 +309,32 @@ class ModelsScreen(ModalScreen[str | None]):
     @on(Input.Submitted, "#models-repo")
     def _download(self) -> None:
         field = self.query_one("#models-repo", Input)
+        folder = local_folder(field.value)
+        if folder is not None:
+            self._open_folder(folder)
+            return
         problem = self.host.start_download(field.value)
         if problem:
             self.say(problem, error=True)
         else:
             self.say("")
             self.table.focus()
+
+    def _open_folder(self, folder: Path) -> None:
+        """Load the model in ``folder`` (the app does, as for a row), or say why not."""
+        from engine.errors import WorkbenchError
+        from models.resolve import check_model_folder
+
+        try:
+            check_model_folder(folder)
+        except WorkbenchError as exc:
+            self.say(str(exc), error=True)
+            return
+        info = self.host.model_info
+        if info is not None and same_location(folder, info.path):
+            self.say(f"{folder} is the model loaded now.")
+            return
+        self.dismiss(str(folder.resolve()))
 
     def action_quantize(self, bits: int) -> None:
         entry = self.highlighted
