@@ -97,9 +97,9 @@ class AssistantTurn(Vertical):
         self._tokens_changed = False
 
     def compose(self) -> ComposeResult:
-        from textual.widgets import Markdown
+        from .reply_markdown import reply_markdown
 
-        yield Markdown(classes="reply")
+        yield reply_markdown("reply")
         view = TokenView(self.tokens)
         view.display = False
         yield view

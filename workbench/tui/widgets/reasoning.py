@@ -57,9 +57,9 @@ class ReasoningBlock(Collapsible):
     """
 
     def __init__(self, *, collapsed: bool) -> None:
-        from textual.widgets import Markdown
+        from .reply_markdown import reply_markdown
 
-        super().__init__(Markdown(classes="reasoning-text"),
+        super().__init__(reply_markdown("reasoning-text"),
                          title=reasoning_title(0, None, live=not collapsed),
                          collapsed=collapsed, classes="reasoning")
         self._stream: MarkdownStream | None = None
