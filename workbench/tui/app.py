@@ -287,6 +287,36 @@ class WorkbenchApp(App[int]):
         self.sidebar.memory.record(reading)
 
     # -- actions (every binding; the palette runs the same ones) -------------------------
+    async def action_quit(self) -> None:
+        """Ctrl+Q: quit, after a yes when a training run or a fuse would be lost (Ctrl+Q
+        again in that question is the yes)."""
+        from .screens.sessions import ConfirmScreen
+
+        if isinstance(self.screen, ConfirmScreen) and self.screen.id == "confirm-quit":
+            self.screen.dismiss(True)
+            return
+        lost = self.training.running_work()
+        if lost is None:
+            self.exit()
+            return
+
+        def answered(quit_now: bool | None) -> None:
+            if quit_now:
+                self.exit()
+
+        self.push_screen(ConfirmScreen(f"{lost} Quit anyway?", yes="Quit", id="confirm-quit"),
+                         answered)
+
+    def action_help_quit(self) -> None:
+        """Ctrl+C (outside a text field, where it copies): Textual would say how to quit; a
+        user pressing it most likely wants to stop a reply."""
+        def shown(binding_id: str, default: str) -> str:
+            key = self.keymap.get(binding_id, default).split(",")[0].strip()
+            return self.get_key_display(Binding(key, ""))
+
+        self.notify(f"{shown('cancel', 'escape')} stops a reply · {shown('quit', 'ctrl+q')} "
+                    "quits · Ctrl+C copies the selected text", title="Stop a reply?")
+
     def action_cancel_reply(self) -> None:
         """Esc: stop the reply (if one is being written) and go back to the prompt."""
         self.chat.cancel()

@@ -139,6 +139,17 @@ class TrainingController:
             if job is not None and job.running:
                 job.cancel.set()
 
+    def running_work(self) -> str | None:
+        """What quitting now would stop and lose (a training run, a fuse), in words."""
+        run, fuse = self.run, self.fuse
+        if run is not None and run.running:
+            done = run.progress.iteration if run.progress is not None else 0
+            return (f"Training {run.name} is going (iteration {done}/{run.total_iters}): "
+                    "quitting stops it, and the run is lost.")
+        if fuse is not None and fuse.running:
+            return "A fuse is going: quitting stops it and the fused model is not written."
+        return None
+
     def stop_all(self) -> None:
         """At exit, off the event loop: stop the children now, not when their watching
         threads next look (the process may be gone by then, and a child left running would

@@ -105,8 +105,8 @@ class ConfirmScreen(ModalScreen[bool]):
     ]
     CSS_PATH: ClassVar[str] = "screens.tcss"
 
-    def __init__(self, question: str, yes: str = "Delete") -> None:
-        super().__init__()
+    def __init__(self, question: str, yes: str = "Delete", *, id: str | None = None) -> None:
+        super().__init__(id=id)
         self.question = question
         self.yes = yes
 
