@@ -8,17 +8,30 @@ a swap in an unchanged conversation still reads as before.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from engine import Engine, SamplingParams
+from models.demo import ADAPTERS, LLAMA, build_adapter, build_model
 
 PARAMS = SamplingParams(max_tokens=8)
 
 
-def test_a_swap_with_a_new_system_prompt_names_both(demo_kit) -> None:
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The demo llama and its tone-a adapter (built here: the whole kit is not needed)."""
+    root = tmp_path_factory.mktemp("miss")
+    model = build_model(root / "llama", LLAMA)
+    return model, build_adapter(model, root / "tone-a", ADAPTERS[0])
+
+
+def test_a_swap_with_a_new_system_prompt_names_both(llama) -> None:
     with Engine() as engine:
-        engine.load(str(demo_kit.llama)).result_sync(120)
+        engine.load(str(llama[0])).result_sync(120)
         first = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]
         engine.chat(first, PARAMS).result_sync(120)
-        engine.use_adapter(str(demo_kit.adapter("tone-a"))).result_sync(120)
+        engine.use_adapter(str(llama[1])).result_sync(120)
         second = [{"role": "system", "content": "Be brief and curt."},
                   {"role": "user", "content": "Hi"}]
         done = engine.chat(second, PARAMS).result_sync(120)
@@ -28,13 +41,13 @@ def test_a_swap_with_a_new_system_prompt_names_both(demo_kit) -> None:
     assert f"so {done.stats.reprefill_tokens} tokens were prefilled again" in line
 
 
-def test_a_swap_in_the_same_conversation_blames_the_adapter_alone(demo_kit) -> None:
+def test_a_swap_in_the_same_conversation_blames_the_adapter_alone(llama) -> None:
     with Engine() as engine:
-        engine.load(str(demo_kit.llama)).result_sync(120)
+        engine.load(str(llama[0])).result_sync(120)
         messages = [{"role": "system", "content": "Be kind."},
                     {"role": "user", "content": "Hi"}]
         done = engine.chat(messages, PARAMS).result_sync(120)
-        engine.use_adapter(str(demo_kit.adapter("tone-a"))).result_sync(120)
+        engine.use_adapter(str(llama[1])).result_sync(120)
         messages += [{"role": "assistant", "content": done.text},
                      {"role": "user", "content": "And then?"}]
         after = engine.chat(messages, PARAMS).result_sync(120)

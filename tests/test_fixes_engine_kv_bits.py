@@ -18,7 +18,7 @@ import pytest
 
 from engine import Engine, Error, ModelLoaded, SamplingParams
 from engine.speculative import DecodingSettings, KVSettings
-from models.demo import DemoSpec, build_model
+from models.demo import LLAMA, DemoSpec, build_model
 
 MAX = 8
 PROMPT = [{"role": "user", "content": "Tell me about the for statement."}]
@@ -88,9 +88,10 @@ def test_a_group_size_that_fits_equals_mlx_lm(head32) -> None:
     assert done.text == want
 
 
-def test_a_draft_whose_heads_do_not_fit_is_refused(head32, demo_kit) -> None:
+def test_a_draft_whose_heads_do_not_fit_is_refused(head32, tmp_path) -> None:
+    main = build_model(tmp_path / "llama", LLAMA)  # 64 values a head: group 64 fits
     with Engine(decoding=DecodingSettings(kv=KVSettings(bits=4))) as engine:
-        assert isinstance(engine.load(str(demo_kit.llama)).wait(120), ModelLoaded)
+        assert isinstance(engine.load(str(main)).wait(120), ModelLoaded)
         final = engine.load_draft(str(head32)).wait(120)
         assert isinstance(final, Error)
         assert final.message.startswith("the draft ") and "--kv-group-size 32" in final.message
