@@ -61,3 +61,17 @@ async def test_the_models_screen_opens_a_model_folder_typed_in_it(tmp_path: Path
         await until(pilot, lambda: app.models.info is not None
                     and app.models.info.path == str(folder.resolve()), "the folder's model")
         assert app.models.jobs.jobs.get("download") is None, "nothing was downloaded"
+
+
+# -- #14 the 80x24 footer keeps the keys the docs promise -----------------------------------
+async def test_the_80x24_footer_has_the_keys_the_docs_promise() -> None:
+    from textual.widgets._footer import FooterKey
+
+    app = make_app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot)
+        await pilot.pause()
+        shown = {key.description: key for key in app.query(FooterKey)}
+        for label in ("Quit", "Stop", "Settings", "Sidebar", "Sessions", "Models", "Commands"):
+            assert label in shown, f"{label} is in the footer at 80x24"
+            assert inside(shown[label], 80, 24), f"{label} is whole on screen"

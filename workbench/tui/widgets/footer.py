@@ -20,8 +20,10 @@ DROP_ORDER = ("copy_last", "edit_last", "new_chat", "regenerate", "help", "sessi
 
 
 def key_width(key: FooterKey) -> int:
-    """The columns a key takes with this footer's paddings (below): `` ^q Quit ``."""
-    return len(key.key_display) + len(key.description) + 3
+    """The columns a key takes with this footer's paddings (below): `` ^q Quit ``; the
+    command palette's, at the right edge, ``▏^p Commands``."""
+    padding = 2 if "-command-palette" in key.classes else 3
+    return len(key.key_display) + len(key.description) + padding
 
 
 class WorkbenchFooter(Footer):
