@@ -254,7 +254,7 @@ def load_draft(spec: str, path: Path, main_tokenizer: Any, main_name: str,
     return DraftModel(name, str(path), model, tokenizer, report.weights)
 
 
-def _window_of(layer: Any, upto: int) -> int | None:
+def _window_of(layer: Any, upto: int) -> int:
     """0 when ``layer`` can be cut back at any point while it grows to ``upto`` tokens; its
     window when a sliding-window layer would reach it first (a full ``RotatingKVCache`` is
     written over in place: cutting it back leaves rejected drafts in it); -1 when it never
