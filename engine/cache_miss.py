@@ -4,9 +4,10 @@ A turn's prompt normally starts with everything the cache holds (the last prompt
 reply). When it does not, the first differing token tells where the conversations part;
 the message that holds that position tells why: the system prompt changed, the template
 rendered the last reply differently at the seam (or dropped an earlier reply's reasoning),
-an earlier message differs (an edit, another branch), or a sliding-window cache could not
-be cut back. After an adapter change (``explain_swap``, the core's to call) the line says what
-the swap cost and, when the conversation also changed, why the rest could not be reused.
+an earlier message differs (an edit, another branch), or a sliding-window or recurrent cache
+could not be cut back. After an adapter change (``explain_swap``, the core's to call) the
+line says what the swap cost and, when the conversation also changed, why the rest could not
+be reused.
 """
 
 from __future__ import annotations
@@ -76,8 +77,9 @@ def explain(held: list[int], prompt: list[int], reused: int,
         return (f"{head}: the new prompt ends inside what was cached (a regenerated or "
                 "edited turn)")
     if reused < common:
-        return (f"{head}: the prompts agree on {common} tokens but the sliding-window cache "
-                "could not be cut back to them")
+        return (f"{head}: the prompts agree on {common} tokens but the model's cache "
+                "(sliding-window or recurrent layers) could not be cut back to them, only to "
+                "where the last prompt ended")
     why = _why(messages, _owner(render, messages, common))
     return f"{head}: {_difference(held, prompt, why, decode)}"
 

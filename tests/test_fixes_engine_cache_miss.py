@@ -55,3 +55,16 @@ def test_a_swap_in_the_same_conversation_blames_the_adapter_alone(llama) -> None
     assert after.stats.cache_miss == (
         f"reused 0 of {after.stats.cached_before} cached tokens: the adapter changed, so "
         f"{after.stats.reprefill_tokens} tokens were prefilled again under it")
+
+
+def test_a_cache_that_went_back_to_its_checkpoint_is_not_called_sliding_window_alone() -> None:
+    """A hybrid model's recurrent layers go back to the checkpoint too (issue 19 #1): the
+    line names both kinds of layer and says where the cache went back to."""
+    from engine.cache_miss import explain
+
+    held, prompt = list(range(1, 21)), [*range(1, 16), 99, 100]
+    line = explain(held, prompt, 10, [{"role": "user", "content": "x"}],
+                   lambda _msgs: prompt, lambda tokens: " ".join(map(str, tokens)))
+    assert line.startswith("reused 10 of 20 cached tokens: the prompts agree on 15 tokens")
+    assert "sliding-window or recurrent layers" in line
+    assert "where the last prompt ended" in line
