@@ -137,6 +137,9 @@ def _check_file(path: Path, label: str, tokenizer: Any, feat: _Features, max_seq
     def bad(line: int | None, what: str) -> None:
         mine.append(f"{label}:{line}: {what}" if line else f"{label}: {what}")
 
+    if not path.is_file():  # a pipe would block the read forever, a folder cannot be read
+        problems.append(f"{label}: not a regular file: put the examples in a plain file")
+        return report
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -221,7 +224,7 @@ def check_folder(folder: str | Path, tokenizer: Any, *, max_seq_length: int, bat
         what = "is a file, not a folder" if folder.exists() else "does not exist"
         raise TrainDataError(f"data folder {shown} {what}: give a folder with train.jsonl "
                              "and valid.jsonl (mlx-lm's formats)")
-    if not (folder / "train.jsonl").is_file():
+    if not (folder / "train.jsonl").exists():
         raise TrainDataError(f"{shown} has no train.jsonl: put the training examples there, "
                              "one JSON object per line (valid.jsonl for validation)")
     feat = _Features.of(extra or {})

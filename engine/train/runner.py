@@ -32,6 +32,7 @@ from . import estimate as est
 from .config import TrainConfig
 from .events import TrainEvent, TrainFailed, TrainFinished, TrainNotice, from_json
 from .folder import DATA, Staging, check_target, recover
+from .resume import check_resume_file
 
 ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the engine package
 KILL_AFTER_S = 10.0  # a cancelled child that has not ended by then is killed
@@ -178,6 +179,8 @@ class TrainJob:
         if isinstance(layers, int) and cfg.num_layers > layers:
             raise BadSetting(f"num_layers {cfg.num_layers} but {model_path.name} has {layers} "
                              f"layers: give --num-layers {layers} or less, or -1 for all")
+        resume = check_resume_file(cfg.resume_adapter_file, cfg, layers if isinstance(
+            layers, int) else None) if cfg.resume_adapter_file else None
         tokenizer = _load_tokenizer(model_path, model_cfg, cfg.trust_remote_code)
         staging = Staging(out)
         data_dir: Path
@@ -215,6 +218,8 @@ class TrainJob:
         self.adapter_path, self.estimate, self.data = out, report, summary
         args = cfg.to_mlx_args()
         args.update(model=str(model_path), data=str(data_dir), adapter_path=str(staging.path))
+        if resume is not None:
+            args["resume_adapter_file"] = str(resume)
         return {
             "args": args,
             "staging": staging.to_dict(),
