@@ -236,9 +236,14 @@ class AdapterController:
     def note_turn(self, turn: AssistantTurn | None, stats: TurnStats) -> None:
         """Mark a finished reply with the adapter and scale that wrote it; show the cost of
         the swap before it (if any) in the throughput pane."""
-        if turn is not None and (stats.adapter or stats.swap_ms is not None or self.infos):
+        if turn is not None and self.labels_reply(stats):
             turn.border_subtitle = turn_adapter_label(stats)
         self.swap_facts.record_turn(stats)
+
+    def labels_reply(self, stats: TurnStats) -> bool:
+        """Whether a reply's border names its adapter: when one wrote it, it followed a
+        swap, or there are adapters to choose from (drawn again after a branch switch too)."""
+        return bool(stats.adapter or stats.swap_ms is not None or self.infos)
 
     # -- compare -------------------------------------------------------------------------
     def choices(self) -> tuple[list[Choice], int]:

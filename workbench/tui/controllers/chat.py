@@ -326,7 +326,7 @@ class ChatController:
                 turn.note("from the saved session")
                 continue
             context = stats.context_tokens or context
-            if tagged or stats.adapter:  # replies keep the adapter that wrote them
+            if tagged or self.app.adapters.labels_reply(stats):  # as when it was written
                 turn.border_subtitle = turn_adapter_label(stats)
         self.label_branches()
         self.app.sidebar.model.record_context(context)

@@ -155,18 +155,23 @@ class InsideController:
         if self.chat.refuse_while_replying("switch branches"):
             return
 
+        listed = self.chat.conversation.branch_list()
+
         async def chosen(number: int | None) -> None:
             if number is not None and self.chat.conversation.select_branch(number):
-                await self._branch_changed(None)
+                await self._branch_changed(None, f"branch {number} of {len(listed)} shown")
 
-        self.app.push_screen(BranchesScreen(self.chat.conversation.branch_list()), chosen)
+        self.app.push_screen(BranchesScreen(listed), chosen)
 
-    async def _branch_changed(self, index: int | None) -> None:
+    async def _branch_changed(self, index: int | None, note: str = "") -> None:
+        """The chat drawn again on the branch now shown; the status line says which (what
+        it said before, an edit or another branch, is stale now)."""
         await self.chat.render()
         view = self.app.chat_view
         turn = view.turn_at(index) if index is not None else None
         if turn is not None:
             view.select(turn)
             k, n = turn.branch
-            self.app.update_status(note=f"branch {k} of {n} at message {index + 1}")  # type: ignore[operator]
+            note = f"branch {k} of {n} at message {index + 1}"  # type: ignore[operator]
+        self.app.update_status(note=note)
         self.app.sessions.turn_finished()  # the branch shown is saved with the session
