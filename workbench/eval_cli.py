@@ -53,6 +53,9 @@ def add_parsers(sub: Any) -> None:
                    help="validation batch size (4, as mlx_lm lora)")
     g.add_argument("--max-seq-length", type=int, default=2048, metavar="N",
                    help="longer validation examples are truncated (2048, as mlx_lm lora)")
+    g.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=None,
+                   help="validation loss of the replies only (--no-mask-prompt: whole "
+                        "examples); default: as the adapters were trained")
     g.add_argument("--markdown", metavar="FILE", help="write the report as Markdown to FILE "
                    "(a new file)")
     g.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE (a new "
@@ -217,7 +220,8 @@ def run_eval(args: argparse.Namespace) -> int:
         stream = evaluate_on_engine(engine, cands, prompts, params,
                                     valid_data=args.data, val_batches=args.val_batches,
                                     max_seq_length=args.max_seq_length,
-                                    batch_size=args.batch_size, template_args=template_args)
+                                    batch_size=args.batch_size, template_args=template_args,
+                                    mask_prompt=args.mask_prompt)
 
         def progress(event: EvalProgress) -> None:
             what = "validation loss" if event.stage == "loss" else "reply"

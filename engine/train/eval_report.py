@@ -80,6 +80,7 @@ class EvalReport:
     conversations: list[Messages] = field(default_factory=list)
     valid_data: str | None = None
     val_batches: int = 0
+    mask_prompt: bool = False  # the loss of the replies only (as --mask-prompt trains)
     params: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -100,7 +101,8 @@ class EvalReport:
                      + (f"; sampling: {settings}" if settings else "") + ".")
         if self.valid_data:
             lines.append(f"Validation loss: mlx-lm's `evaluate` on {self.valid_data} "
-                         f"({_batches_text(self.val_batches)}); perplexity = exp(loss).")
+                         f"({_batches_text(self.val_batches)}; {_mask_text(self.mask_prompt)});"
+                         " perplexity = exp(loss).")
         lines += ["", "| candidate | adapter | scale | val loss | perplexity | decode tok/s |"
                   " tokens |", "|---|---|---|---:|---:|---:|---:|"]
         for c in self.candidates:
@@ -140,10 +142,16 @@ class EvalReport:
             "perplexity": {k: _finite(v) for k, v in self.perplexity.items()},
             "valid_data": self.valid_data,
             "val_batches": self.val_batches,
+            "mask_prompt": self.mask_prompt,
             "params": self.params,
             "seconds": self.seconds,
         }
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def _mask_text(masked: bool) -> str:
+    return ("prompt masked: the loss of the replies only" if masked
+            else "whole examples: the prompt counts too")
 
 
 def _batches_text(n: int) -> str:

@@ -91,10 +91,34 @@ class EvalCancelled(WorkbenchError):
 
 # -- validation data ------------------------------------------------------------------------
 
-def load_valid_set(valid_data: str | Path, tokenizer: Any) -> Any:
+def trained_mask_prompt(candidates: Sequence[EvalCandidate], emit: Emit) -> bool:
+    """The rule the adapters among ``candidates`` were trained with (mlx-lm's trainer writes
+    ``mask_prompt`` into ``adapter_config.json``), so the loss here is the one training
+    reported (issue 19 #11). Adapters that disagree: the first one's, with a notice."""
+    rules: dict[str, bool] = {}
+    for cand in candidates:
+        if cand.adapter is None:
+            continue
+        try:
+            config = json.loads((Path(cand.adapter) / "adapter_config.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(config, dict):
+            rules[cand.label] = bool(config.get("mask_prompt", False))
+    chosen = next(iter(rules.values()), False)
+    if len(set(rules.values())) > 1:
+        emit(Notice(f"the adapters were trained with different prompt masking: every "
+                    f"validation loss here {'masks' if chosen else 'includes'} the prompt, as "
+                    f"{next(iter(rules))} was trained (--mask-prompt/--no-mask-prompt "
+                    "chooses)"))
+    return chosen
+
+
+def load_valid_set(valid_data: str | Path, tokenizer: Any, mask_prompt: bool = False) -> Any:
     """mlx-lm's dataset for ``valid_data``: a data folder's ``valid.jsonl`` or one JSONL
     file, made by mlx-lm's ``create_dataset`` (what ``load_local_dataset`` does for the
-    validation split, without reading the training split). Never the Hub."""
+    validation split, without reading the training split). Never the Hub. ``mask_prompt``:
+    the loss of the replies only, as a run trained with ``--mask-prompt`` measures it."""
     from types import SimpleNamespace
 
     from mlx_lm.tuner.datasets import create_dataset
@@ -107,7 +131,7 @@ def load_valid_set(valid_data: str | Path, tokenizer: Any) -> Any:
         path = path / VALID_FILE
     elif not path.is_file():
         raise EvalDataError(f"{path}: no such data folder or file")
-    config = SimpleNamespace(mask_prompt=False)  # mlx_lm lora's default
+    config = SimpleNamespace(mask_prompt=mask_prompt)
     try:
         with path.open(encoding="utf-8") as f:
             records = [json.loads(line) for line in f if line.strip()]
@@ -188,12 +212,15 @@ def run_eval(core: EngineCore, candidates: Sequence[EvalCandidate], prompts: Seq
              valid_data: str | None = None, val_batches: int = 25,
              max_seq_length: int = 2048, batch_size: int = DEFAULT_BATCH_SIZE,
              seed: int = DEFAULT_SEED,
-             template_args: dict[str, Any] | None = None) -> EvalReport:
+             template_args: dict[str, Any] | None = None,
+             mask_prompt: bool | None = None) -> EvalReport:
     """Answer every prompt with every candidate, then (with ``valid_data``) compute each
     candidate's validation loss. Runs on the engine thread. Raises ``EvalCancelled`` when
     ``cancel`` is set, ``WorkbenchError`` for a bad adapter or data; the adapter active
     before is active again in every case. ``template_args`` go to the chat template (e.g.
-    ``{"enable_thinking": False}``); ``batch_size`` and ``seed`` are mlx_lm lora's."""
+    ``{"enable_thinking": False}``); ``batch_size`` and ``seed`` are mlx_lm lora's.
+    ``mask_prompt`` None: the validation loss masks the prompt when the adapters were trained
+    that way (``trained_mask_prompt``); the report says which rule it used."""
     from engine.prompt_cache import PromptCaches
     from engine.turn import run_turn
 
@@ -205,7 +232,9 @@ def run_eval(core: EngineCore, candidates: Sequence[EvalCandidate], prompts: Seq
     if not conversations:
         raise BadSetting("no prompts to evaluate")
     # Read the data before any swap: a bad folder fails at once.
-    valid = load_valid_set(valid_data, loaded.tokenizer) if valid_data is not None else None
+    mask = trained_mask_prompt(candidates, emit) if mask_prompt is None else mask_prompt
+    valid = load_valid_set(valid_data, loaded.tokenizer, mask) if valid_data is not None \
+        else None
     steps = len(candidates) * len(conversations) + (len(candidates) if valid is not None
                                                     else 0)
     turn_args: dict[str, Any] = {}
@@ -280,6 +309,7 @@ def run_eval(core: EngineCore, candidates: Sequence[EvalCandidate], prompts: Seq
         conversations=conversations,
         valid_data=str(valid_data) if valid_data is not None else None,
         val_batches=val_batches if valid is not None else 0,
+        mask_prompt=mask if valid is not None else False,
         params={k: v for k, v in asdict(params).items() if v is not None},
         seconds=round(time.perf_counter() - started, 3),
     )
@@ -310,8 +340,8 @@ def evaluate_on_engine(engine: EngineAPI, candidates: Sequence[EvalCandidate],
                        prompts: Sequence[Messages], params: SamplingParams | None = None, *,
                        valid_data: str | None = None, val_batches: int = 25,
                        max_seq_length: int = 2048, batch_size: int = DEFAULT_BATCH_SIZE,
-                       seed: int = DEFAULT_SEED, template_args: dict[str, Any] | None = None
-                       ) -> EventStream[EvalReport]:
+                       seed: int = DEFAULT_SEED, template_args: dict[str, Any] | None = None,
+                       mask_prompt: bool | None = None) -> EventStream[EvalReport]:
     """``run_eval`` as an engine request: events ``EvalReply``, ``EvalProgress`` and
     ``Notice``, then ``Result(EvalReport)`` (or ``Error``: kind "cancelled", "adapter",
     "data", "bad-setting", "no-model"). Cancel with ``stream.cancel()``."""
@@ -322,6 +352,7 @@ def evaluate_on_engine(engine: EngineAPI, candidates: Sequence[EvalCandidate],
     def job(core: EngineCore, emit: Emit, cancel: threading.Event) -> EvalReport:
         return run_eval(core, cands, convs, sampling, emit, cancel, valid_data=valid_data,
                         val_batches=val_batches, max_seq_length=max_seq_length,
-                        batch_size=batch_size, seed=seed, template_args=template_args)
+                        batch_size=batch_size, seed=seed, template_args=template_args,
+                        mask_prompt=mask_prompt)
 
     return engine.submit(job)
