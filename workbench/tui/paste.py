@@ -85,4 +85,4 @@ def install() -> None:
     from textual.drivers import linux_driver, linux_inline_driver
 
     for module in (linux_driver, linux_inline_driver):
-        module.XTermParser = PasteSafeParser  # type: ignore[misc]
+        module.XTermParser = PasteSafeParser  # type: ignore[attr-defined]
