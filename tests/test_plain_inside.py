@@ -65,12 +65,12 @@ def test_branches_stay_exact_through_switches_a_swap_and_a_resume(demo_kit, tmp_
     assert saved["schema"] == 2
     assert {m["content"] for m in saved["messages"]} >= {"second", "another second", third}
 
-    # A new process: the tree is back as last saved (after the last reply: branch 2 with
-    # tone-a; the commands after it changed nothing on disk), and branch 1 continues
-    # exactly under that adapter.
-    objs = plain(demo_kit, "/branches\n/branch 1\nlast one\n", *where)
+    # A new process: the tree is back as last left (the commands after the last reply are
+    # saved too, issue 19 #9 and #19: branch 1, no adapter), and branch 1 continues
+    # exactly under tone-a.
+    objs = plain(demo_kit, "/branches\n/adapter tone-a\nlast one\n", *where)
     listing = command(objs, "branches")[0]["message"].splitlines()
-    assert len(listing) == 2 and listing[1].startswith("*")
+    assert len(listing) == 2 and listing[0].startswith("*")
     last = replies(objs)[0]
     assert last["adapter"] == "tone-a"
     one += [{"role": "assistant", "content": third}, {"role": "user", "content": "last one"}]

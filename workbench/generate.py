@@ -24,8 +24,8 @@ def error_line(error: EngineError, max_kv_size: int | None) -> str:
     (the engine's messages speak to the line-mode chat, e.g. "/reset")."""
     if error.kind == "context":
         tokens, limit = error.details.get("prompt_tokens"), error.details.get("limit")
-        size = (f"the prompt is {plural(int(tokens), 'token')} and the context holds {limit}"
-                if tokens is not None and limit is not None else str(error).split(":")[0])
+        size = (f"the prompt is {plural(tokens, 'token')} and the context holds {limit}"
+                if isinstance(tokens, int) and limit is not None else str(error).split(":")[0])
         bigger = (f"a --max-kv-size larger than {max_kv_size}" if max_kv_size
                   else "a model with a longer context")
         return f"{size}: give a shorter prompt (or system prompt), or {bigger}"
