@@ -240,7 +240,24 @@ class World:
                 hook()
         with contextlib.suppress(Exception):
             sys.stdout.flush()
+        self._end_local_ranks()
         os._exit(1)
+
+    def _end_local_ranks(self) -> None:
+        """A rank that hangs (stopped, or blocked in a collective) would keep mlx.launch
+        waiting for minutes: end the ranks on this host; say where others may still run."""
+        here = socket.gethostname()
+        remote = sorted({h for r, h in enumerate(self.hosts) if r and h != here})
+        for rank in range(1, len(self.pids)):
+            if self.hosts[rank] == here:
+                with contextlib.suppress(OSError):
+                    os.kill(self.pids[rank], signal.SIGKILL)
+        if remote:
+            with contextlib.suppress(Exception):
+                sys.stderr.write(f"workbench: distributed: ranks on {', '.join(remote)} may "
+                                 "still be running: if mlx.launch does not end, stop the "
+                                 "workbench there (Ctrl+C here ends mlx.launch)\n")
+                sys.stderr.flush()
 
     def info(self, layers: list[tuple[int, int]], weights: list[int]) -> WorldInfo:
         return WorldInfo(size=self.size, backend=self.backend, shard=self.shard,

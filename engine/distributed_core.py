@@ -149,6 +149,7 @@ class DistributedCore(EngineCore):
             from .distributed_shard import local_weight_bytes
 
             assert self.loaded is not None
+            self._check_same_weights(spec)
             weights = local_weight_bytes(self.loaded.model)
             records = self.world.gather({"layers": list(self._layers), "weights": weights,
                                          "peak": self._load_peak})
@@ -159,6 +160,26 @@ class DistributedCore(EngineCore):
                                        num_parameters=self._parameters or info.num_parameters)
             self._turns_since_load = 0
             return self.loaded.info
+
+    def _check_same_weights(self, spec: str) -> None:
+        """Every rank must have read the same model: a relative path that names another folder
+        on another host, or a snapshot of another revision, gives garbage otherwise (issue 19
+        #23). The fingerprints (config, tokenizer, weight headers and samples) are compared;
+        on a mismatch every rank unloads and rank 0 says which ranks differ."""
+        from sessions.fingerprint import model_fingerprint
+
+        assert self.loaded is not None
+        prints = [r["fp"] for r in self.world.gather(
+            {"fp": model_fingerprint(self.loaded.info.path)})]
+        odd = [r for r in range(1, len(prints)) if prints[r] != prints[0]]
+        if not odd:
+            return
+        self.unload()
+        hosts = self.world.hosts
+        names = ", ".join(f"rank {r} ({hosts[r] if r < len(hosts) else '?'})" for r in odd)
+        raise WorkbenchError(f"{names} loaded other weights for {spec} than rank 0: give every "
+                             "rank the same model (an absolute path to identical files on "
+                             "each host, or the same Hugging Face revision)")
 
     @contextlib.contextmanager
     def _sharded_loads(self) -> Iterator[None]:
