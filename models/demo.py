@@ -30,7 +30,7 @@ from engine.errors import WorkbenchError
 
 from .demo_tokenizer import EOS_TOKEN_ID, THINKING_TEMPLATE, THINKING_TOKENS, write_tokenizer
 
-DEMO_VERSION = 4
+DEMO_VERSION = 5
 """Bumped whenever the kit's output changes, so a cached demo folder is rebuilt."""
 
 @dataclass(frozen=True)
@@ -78,9 +78,11 @@ class DemoSpec:
 
 LLAMA = DemoSpec(name="llama", model_type="llama", seed=0)
 QWEN3 = DemoSpec(name="qwen3", model_type="qwen3", seed=1)
-# A reasoning model (random weights, Qwen3's shape, a Qwen3-style template that drops
-# earlier replies' reasoning and takes enable_thinking): for the <think> paths, offline.
-QWEN3_THINK = DemoSpec(name="qwen3-think", model_type="qwen3", seed=2, thinking=True)
+# A reasoning model (Qwen3's shape, small; a Qwen3-style template that drops earlier
+# replies' reasoning and takes enable_thinking), taught to write one <think> block: for the
+# <think> paths and the reasoning view, offline. Made by models/demo_think.py, shipped.
+QWEN3_THINK = DemoSpec(name="qwen3-think", model_type="qwen3", seed=2, thinking=True,
+                       hidden_size=64, num_hidden_layers=2, intermediate_size=128)
 
 # Random models of real sizes, for benchmarks (the demo tokenizer keeps the vocabulary small,
 # so the layers carry the parameters, as in a real model of that size).
@@ -187,8 +189,9 @@ def check_model_folder(path: str | Path) -> None:
     _check_target(Path(path), is_demo_model, "demo model")
 
 
-def build_model(path: str | Path, spec: DemoSpec = LLAMA) -> Path:
-    """Write a full-precision demo model folder to ``path`` and return it.
+def build_model(path: str | Path, spec: DemoSpec = LLAMA, teach: bool = False) -> Path:
+    """Write a full-precision demo model folder to ``path`` and return it; ``teach``: a
+    reasoning spec's weights learn their ``<think>`` block (models/demo_think.py).
 
     ``path`` must be new, empty or an earlier demo model (else ``DemoFolderTaken``)."""
     import mlx.core as mx
@@ -204,6 +207,10 @@ def build_model(path: str | Path, spec: DemoSpec = LLAMA) -> Path:
     model_cls, args_cls = _get_classes(config)
     mx.random.seed(spec.seed)
     model = model_cls(args_cls.from_dict(config))
+    if teach and spec.thinking:
+        from .demo_think import teach_reasoning
+
+        teach_reasoning(model, path, spec.seed)
     dtype = getattr(mx, spec.dtype)
     model.update(tree_map(lambda a: a.astype(dtype), model.parameters()))
     mx.eval(model.parameters())
@@ -213,6 +220,9 @@ def build_model(path: str | Path, spec: DemoSpec = LLAMA) -> Path:
         f"# Workbench demo model ({spec.model_type})\n\n"
         "Random weights, built locally by `workbench demo-model`. It writes nonsense: use it to\n"
         "try the workbench, not to chat. Point `--model` at a real model for real answers.\n"
+        + ("\nThe reasoning demo: taught to write one `<think>` block, then an answer, so the\n"
+           "reasoning view can be tried offline (`python -m models.demo_think`).\n"
+           if teach and spec.thinking else "")
     )
     return path
 
@@ -350,10 +360,26 @@ def install_chat(root: Path) -> None:
             shutil.copytree(adapter, target / adapter.name)
 
 
+def install_reasoning(root: Path) -> None:
+    """Copy the shipped reasoning demo (``python -m models.demo_think`` made it) into the kit
+    at ``root``; without it (a source tree that lost it), build it untaught."""
+    from .demo_think import ASSETS
+
+    shipped = ASSETS / QWEN3_THINK.name
+    if shipped.is_dir():
+        shutil.copytree(shipped, root / QWEN3_THINK.name)
+    else:
+        build_model(root / QWEN3_THINK.name, QWEN3_THINK)
+
+
 def _stamp(root: Path) -> str:
     # The shipped chat model's manifest too: new weights in a release replace an old kit.
     try:
-        shipped = (CHAT_ASSETS / "RECIPE.json").read_bytes() + TRAIN_CHAT.read_bytes()
+        from .demo_think import ASSETS
+
+        think = ASSETS / QWEN3_THINK.name
+        shipped = (CHAT_ASSETS / "RECIPE.json").read_bytes() + TRAIN_CHAT.read_bytes() + b"".join(
+            f.read_bytes() for f in sorted(think.rglob("*")) if f.is_file())
     except OSError:
         shipped = b""
     return hashlib.sha256(f"workbench-demo-v{DEMO_VERSION}".encode() + shipped).hexdigest()[:16]
@@ -381,8 +407,8 @@ def build_demo(root: str | Path, progress: Progress | None = None) -> DemoKit:
             quantize(tmp / spec.name, tmp / f"{spec.name}-4bit", bits=4)
             for adapter in ADAPTERS:
                 build_adapter(tmp / spec.name, kit.adapter(adapter.name, spec.name), adapter)
-        say("building the reasoning demo model")
-        build_model(tmp / QWEN3_THINK.name, QWEN3_THINK)
+        say("installing the reasoning demo model")
+        install_reasoning(tmp)
         say("installing the demo chat model")
         install_chat(tmp)
         write_train_data(kit.train_data)
