@@ -46,7 +46,9 @@ def worker(args: argparse.Namespace) -> int:
 
     world = distributed.join(args.shard) if distributed.launched() else None
     if world is not None and world.rank != 0:
-        return distributed.follow(world)
+        from engine.distributed_core import follow
+
+        return follow(world)
     import mlx.core as mx
 
     from engine import Engine, SamplingParams

@@ -2,7 +2,7 @@
 
 Rank 0's engine thread and every follower run a ``DistributedCore``. On rank 0, the outermost
 call of each state-changing method (load, turn, prefill, reset, unload, ...) is first sent to
-the followers (``World.broadcast``), whose loop (``engine.distributed.follow``) calls the same
+the followers (``World.broadcast``), whose loop (``follow``, below) calls the same
 method on their own core; every collective inside then pairs up rank for rank. Imported on
 the engine thread only (it imports the core, hence mlx-lm's users).
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .core import EngineCore
-from .distributed import World
+from .distributed import PREFILL_STEP, World, current
 from .errors import AdapterError, WorkbenchError
 from .events import ModelInfo, TokenText, TurnDone
 
@@ -316,3 +316,78 @@ class DistributedCore(EngineCore):
             comm_ms_per_token=round(1000 * synced.seconds / max(1, synced.calls), 3),
             rank_peak_memory=tuple(int(p["peak"]) for p in peaks),
         ))
+
+
+# -- the engine's core ----------------------------------------------------------------------
+def make_core(core_args: tuple[Any, ...]) -> EngineCore:
+    """The engine's core: a ``DistributedCore`` for the first engine of rank 0 under
+    mlx.launch, a plain ``EngineCore`` otherwise."""
+    world = current()
+    if world is None or world.rank != 0 or world.claimed:
+        return EngineCore(*core_args)
+    world.claimed = True
+    core = DistributedCore(world, *core_args)
+    core.configure(core_args[0] or PREFILL_STEP, core_args[1])
+    return core
+
+
+def release(core: EngineCore) -> None:
+    """At engine shutdown (after ``unload``): the followers leave their loop."""
+    if isinstance(core, DistributedCore) and core.world.rank == 0:
+        core.close_world()
+
+
+# -- the followers ----------------------------------------------------------------------------
+def follow(world: World) -> int:
+    """Run rank 0's requests on this rank until it closes the world. Exit code."""
+    import mlx.core as mx
+
+    os.dup2(2, 1)  # stdout is rank 0's (mlx.launch merges every rank's): say nothing there
+    sys.stdout = sys.stderr
+    threading.Thread(target=_drain_stdin, name="stdin-drain", daemon=True).start()
+    core = DistributedCore(world)
+    noop: Emit = lambda _event: None  # noqa: E731
+    status = 0
+    while True:
+        try:
+            name, args, kwargs = world.broadcast()
+        except RuntimeError as exc:
+            print(f"workbench: rank {world.rank}: rank 0 is gone ({exc})", file=sys.stderr)
+            status = 1
+            break
+        if name == "close":
+            break
+        try:
+            if name == "turn":
+                messages, params, _cancel, submitted, *rest = args
+                for _event in core.turn(messages, params, None, submitted, *rest, **kwargs):
+                    pass
+            elif name == "load":
+                core.load(args[0], args[1], noop)
+            elif name == "prefill":
+                core.prefill(args[0], noop, threading.Event())
+            else:
+                getattr(core, name)(*args, **kwargs)
+        except WorkbenchError:
+            pass  # rank 0 raised the same error and tells the user
+        except Exception as exc:  # noqa: BLE001 - say which rank, then leave (mlx.launch ends the job)
+            print(f"workbench: rank {world.rank}: {name} failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            if os.environ.get("WORKBENCH_DIST_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
+            status = 1
+            break
+    with contextlib.suppress(Exception):
+        core.unload()
+        mx.synchronize()
+    return status
+
+
+def _drain_stdin() -> None:
+    """mlx.launch copies its stdin to every rank; a follower reads it and drops it (a full
+    pipe would stop mlx.launch)."""
+    with contextlib.suppress(Exception):
+        while os.read(0, 65536):  # the file descriptor: no Python lock held at exit
+            pass

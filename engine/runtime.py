@@ -122,7 +122,7 @@ class Engine(RequestThread):
             if self._core is None:
                 # Under mlx.launch, rank 0's core mirrors its requests to the other ranks
                 # (issue 14, engine/distributed.py); otherwise this is a plain EngineCore.
-                from .distributed import make_core
+                from .distributed_core import make_core
 
                 self._core = make_core(self._core_args)
                 if self._decoding is not None:
@@ -308,7 +308,7 @@ class Engine(RequestThread):
     def _shutdown(core: EngineCore) -> None:
         """Free every array made on this thread before it ends (see MLX-FACTS, Threads)."""
         core.unload()
-        from .distributed import release
+        from .distributed_core import release
 
         release(core)  # distributed (issue 14): the other ranks leave their loop
         if "mlx.core" in sys.modules:

@@ -199,7 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"workbench: {exc}", file=sys.stderr)
             return 2
         if world.rank != 0:
-            return distributed.follow(world)
+            from engine.distributed_core import follow
+
+            return follow(world)
         if args.command is None:  # the app: keys reach rank 0 through mlx.launch, raw
             distributed.raw_terminal()
     try:
