@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import re
 import threading
 from collections.abc import Callable
 
@@ -30,7 +31,6 @@ from workbench.tui.screens.help import HelpScreen
 from workbench.tui.screens.settings import SettingsScreen
 from workbench.tui.widgets import AssistantTurn, Gauge, UserTurn
 from workbench.tui.widgets.chat import visible
-from workbench.tui.widgets.pacer import FASTEST_S, SLOWEST_S, FramePacer
 
 SIZE = (120, 40)
 FAKE_MODEL = "fake-model"  # a scripted model of the fake engine: no files, no MLX
@@ -264,7 +264,7 @@ async def test_regenerate_replaces_the_last_reply() -> None:
         assert second.text == second.markdown.source == said(app)[-1][1]
         assert second.text == "Another answer, longer."
         assert sent(app, 0) == sent(app, 1) == [("user", "hi there")]
-        assert "prompt tokens from cache" in stats_line(second)
+        assert re.search(r"\d+ prompt tokens? from cache", stats_line(second))
 
 
 async def test_edit_copy_history_and_new_chat() -> None:
@@ -470,25 +470,3 @@ async def test_control_characters_in_a_reply_cannot_reach_the_terminal() -> None
         user = str(app.chat_view.turns()[0].render())
         assert "paste␇" in user and "\x07" not in user
 
-
-def test_frame_pacer_backs_off_when_the_ui_is_busy_and_recovers() -> None:
-    """Frames get rarer while painting costs the UI thread more than its budget (so the
-    engine keeps the interpreter), and frequent again when it costs little."""
-    import time
-
-    pacer = FramePacer()
-    pacer.start()
-
-    def busy(seconds: float) -> None:
-        end = time.thread_time() + seconds
-        while time.thread_time() < end:
-            pass
-
-    for _ in range(6):  # a fast reply (500 tok/s) and a UI thread busy all the time
-        busy(0.02)
-        pacer.measure(500.0)
-    assert pacer.interval == SLOWEST_S and pacer.share > 0.5
-    for _ in range(12):  # the UI thread idle
-        time.sleep(0.01)
-        pacer.measure(500.0)
-    assert pacer.interval == FASTEST_S
