@@ -228,7 +228,7 @@ def test_follower_lost_mid_reply_gives_one_line_and_exits(demo_kit, tmp_path, ho
     """Rank 1 killed (mlx.launch sees it and stops the job) or stopped (a hang: only rank 0's
     watchdog can tell, after WORKBENCH_DIST_TIMEOUT). mlx.launch itself waits forever on a
     stopped child, so the job is woken once rank 0 should have left."""
-    _rc, out, err, seconds = launch(
+    _rc, out, err, _seconds = launch(
         ["chat", "--plain", "--jsonl", "-m", str(demo_kit.llama), "--max-tokens", "400",
          "--session", "lost", "--sessions-dir", str(tmp_path)],
         chat_lines(PROMPTS[:1]), timeout=60, wake=how == "STOP",
@@ -242,7 +242,6 @@ def test_follower_lost_mid_reply_gives_one_line_and_exits(demo_kit, tmp_path, ho
     assert not replies(out)  # the reply never finished
     # Nothing lost from the session: the unanswered message is in the saved transcript.
     assert PROMPTS[0] in (tmp_path / "lost.toml").read_text()
-    assert seconds < 60
 
 
 def test_rank_that_never_joins(tmp_path):
@@ -252,11 +251,10 @@ def test_rank_that_never_joins(tmp_path):
     hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MLX_RANK": "0",
            "MLX_HOSTFILE": str(hostfile), "WORKBENCH_DIST_JOIN_TIMEOUT": "3"}
-    start = time.perf_counter()
+    # Bounded by the subprocess timeout: a rank 0 that waited on forever fails it.
     proc = subprocess.run([sys.executable, "-m", "workbench", "generate", "-p", "hi"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.splitlines() if line.startswith("workbench:")]
     assert len(lines) == 1 and "not every rank joined" in lines[0], proc.stderr
-    assert time.perf_counter() - start < 30

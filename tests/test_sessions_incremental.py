@@ -9,7 +9,6 @@ against a fresh mlx-lm run once, ``tests/helpers.reference_reply``).
 from __future__ import annotations
 
 import json
-import os
 import queue
 import random
 import shutil
@@ -329,50 +328,35 @@ def test_close_writes_the_whole_file_that_mlx_lm_generate_reads(saved, eng, tmp_
 
 
 # -- a writer killed at random moments -----------------------------------------------------
-# One process imports MLX, mlx-lm and the workbench once and forks a fresh writer per round
-# (before any MLX work, so the fork is clean): a round costs the model load, not the imports.
-_ZYGOTE = """
-    import os, sys
-    import mlx.core, mlx_lm, mlx_lm.models.cache
+# Each round spawns a fresh writer process (no fork of a process that has imported MLX: a
+# forked writer could hang before it started), lets it save, and SIGKILLs it.
+_WRITER = """
+    import sys
     from engine import Engine, SamplingParams
     from sessions import SessionStore, submit_autosave, submit_resume
     folder, model = sys.argv[1:3]
-
-    def writer():
-        params = SamplingParams(max_tokens=3)
-        with Engine() as engine, SessionStore(folder) as store:
-            engine.load(model).result_sync()
-            session = store.open("chat", lock=True)
-            submit_resume(engine, store, session).result_sync()
-            print("READY", flush=True)
-            for i in range(1000):
-                if i % 3 == 2:  # now and then a divergence: the last reply is regenerated
-                    session.pop()
-                    session.pop()
-                session.add_user(f"Question number {i}: tell me more.")
-                done = engine.chat(session.chat_messages(), params).result_sync()
-                session.add_reply(done.text)
-                print("SAVING", i, flush=True)
-                submit_autosave(engine, store, session).result_sync()
-                print("SAVED", i, flush=True)
-
-    for _line in sys.stdin:
-        pid = os.fork()
-        if pid == 0:
-            try:
-                writer()
-            finally:
-                os._exit(0)
-        print("PID", pid, flush=True)
-        os.waitpid(pid, 0)
-        print("DEAD", flush=True)
+    params = SamplingParams(max_tokens=3)
+    with Engine() as engine, SessionStore(folder) as store:
+        engine.load(model).result_sync()
+        session = store.open("chat", lock=True)
+        submit_resume(engine, store, session).result_sync()
+        print("READY", flush=True)
+        for i in range(1000):
+            if i % 3 == 2:  # now and then a divergence: the last reply is regenerated
+                session.pop()
+                session.pop()
+            session.add_user(f"Question number {i}: tell me more.")
+            done = engine.chat(session.chat_messages(), params).result_sync()
+            session.add_reply(done.text)
+            print("SAVING", i, flush=True)
+            submit_autosave(engine, store, session).result_sync()
+            print("SAVED", i, flush=True)
 """
 KILLS = 20
 
 
 class _Lines:
-    """The zygote's output lines, read on a thread, so that a wait can time out (a forked
-    writer can, rarely, hang before it starts: fork after imports is not always clean)."""
+    """A writer's output lines, read on a thread, so that a wait can time out."""
 
     def __init__(self, stream: Any) -> None:
         self.queue: queue.Queue[str] = queue.Queue()
@@ -383,73 +367,53 @@ class _Lines:
             self.queue.put(line)
         self.queue.put("")
 
-    def next(self, timeout: float = 60.0) -> str | None:
+    def next(self, timeout: float = 120.0) -> str:
         try:
             return self.queue.get(timeout=timeout)
         except queue.Empty:
-            return None
+            return ""
 
 
-def _one_writer_killed(zygote: subprocess.Popen[str], lines: _Lines, rng: random.Random,
-                       aim: bool) -> str | None:
+def _one_writer_killed(folder: Path, model: Path, rng: random.Random, aim: bool) -> str:
     """Start a writer, SIGKILL it after a random delay (``aim``: a few ms after it begins a
-    save); returns the last thing it said before it died, or None when it hung before it
-    began (it is killed, and the round is not counted)."""
-    assert zygote.stdin is not None
-    zygote.stdin.write("go\n")
-    zygote.stdin.flush()
-    pid_line = lines.next()
-    assert pid_line and pid_line.startswith("PID"), pid_line
-    pid = int(pid_line.split()[1])
-    last = lines.next()
-    if last is None:  # hung before it was ready: not a round
-        os.kill(pid, signal.SIGKILL)
-        while (line := lines.next()) is not None and not line.startswith("DEAD"):
-            assert line, "the zygote ended"
-        return None
-    assert last.startswith("READY"), last
-    if aim:
-        want = rng.randrange(3)
-        while not (last.startswith("SAVING") and int(last.split()[1]) >= want):
-            line = lines.next()
-            assert line, "the writer ended early or hung"
+    save); returns the last thing it said before it died."""
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_WRITER), str(folder),
+                               str(model)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        lines = _Lines(writer.stdout)
+        last = lines.next()
+        assert last.startswith("READY"), f"the writer did not start: {last!r}"
+        if aim:
+            want = rng.randrange(3)
+            while not (last.startswith("SAVING") and int(last.split()[1]) >= want):
+                line = lines.next()
+                assert line, "the writer ended early or hung"
+                last = line
+            time.sleep(rng.uniform(0.0, 0.015))
+        else:
+            time.sleep(rng.uniform(0.0, 0.5))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=60)
+        while line := lines.next(timeout=5):  # what it said before the signal landed
             last = line
-        time.sleep(rng.uniform(0.0, 0.015))
-    else:
-        time.sleep(rng.uniform(0.0, 0.5))
-    os.kill(pid, signal.SIGKILL)
-    while True:
-        line = lines.next()
-        assert line, "the zygote ended or hung"
-        if line.startswith("DEAD"):
-            return last
-        last = line
+        return last
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.wait()
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_a_writer_killed_at_random_moments_always_leaves_a_loadable_session(saved, eng,
                                                                           tmp_path):
     folder = _copy(saved, tmp_path)
     rng = random.Random(12)
     mid_save = 0
-    zygote = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_ZYGOTE), str(folder),
-                               str(saved["model"])], cwd=ROOT, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    lines = _Lines(zygote.stdout)
-    hung = 0
-    try:
-        for round_no in range(KILLS):
-            last = None
-            while last is None:
-                last = _one_writer_killed(zygote, lines, rng, aim=round_no % 2 == 1)
-                hung += last is None
-                assert hung <= 3, "writers keep hanging before they start"
-            mid_save += last.startswith("SAVING")
-            _check_resumable(eng, folder, round_no, answer=round_no % 10 == 9)
-    finally:
-        assert zygote.stdin is not None
-        zygote.stdin.close()
-        zygote.wait(timeout=60)
+    for round_no in range(KILLS):
+        last = _one_writer_killed(folder, saved["model"], rng, aim=round_no % 2 == 1)
+        mid_save += last.startswith("SAVING")
+        _check_resumable(eng, folder, round_no, answer=round_no % 10 == 9)
     assert mid_save >= 4, mid_save  # a good share of the kills landed inside a save
 
 
