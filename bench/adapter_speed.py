@@ -33,8 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.formats import fmt_count
 from engine import Engine, EngineCore
-from engine.memory import fmt_count
 
 VARIANTS = ("base", "unfused", "scale0", "compiled", "fused")
 PROMPT = [1 + (i * 7919) % 200 for i in range(24)]

@@ -32,8 +32,8 @@ import threading
 import time
 from typing import Any
 
+from common.errors import WorkbenchError
 from engine import Engine, SamplingParams, TokenText, TurnDone
-from engine.errors import WorkbenchError
 from engine.speculative import DecodingSettings
 
 

@@ -14,8 +14,8 @@ import tempfile
 import time
 from typing import Any
 
+from common.errors import WorkbenchError
 from engine import Engine, Error, ModelLoaded, SamplingParams, TurnDone
-from engine.errors import WorkbenchError
 from sessions import ResumeReport, SaveReport, SessionStore, submit_autosave, submit_resume
 
 TURNS = 4

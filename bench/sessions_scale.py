@@ -38,8 +38,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from common.errors import WorkbenchError
 from engine import Engine, Error, SamplingParams, TurnDone
-from engine.errors import WorkbenchError
 from sessions import ResumeReport, SaveReport, SessionStore, submit_autosave, submit_resume
 
 SYSTEM = "You answer in one short paragraph."

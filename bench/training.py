@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from engine import Engine, SamplingParams, TurnDone, TurnOptions
-from engine.train.config import TrainConfig
-from engine.train.events import TrainProgress
-from engine.train.runner import TrainJob
+from jobs.config import TrainConfig
+from jobs.events import TrainProgress
+from jobs.runner import TrainJob
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # mlx-lm's report line: "  10   4.472 ▼   1,234  ..." -> iteration, loss, tokens/s

@@ -12,14 +12,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from common.errors import EngineError, WorkbenchError
+    from common.progress import LoadProgress
+
     from .adapter_state import AdapterState
     from .adapters import AdapterInfo
     from .core import EngineCore
-    from .errors import EngineError, WorkbenchError
     from .events import (
         AdapterChanged,
         Error,
-        LoadProgress,
         Memory,
         MemoryReading,
         ModelChanged,
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
     from .stream import EventStream, follow, follow_sync
 
 # Each public name and the module that defines it. Importing ``engine`` (or one of its light
-# modules, e.g. ``engine.errors``) loads nothing else: a name is imported when first used,
+# modules, e.g. ``common.errors``) loads nothing else: a name is imported when first used,
 # so the app's first frame does not wait for the engine's adapter and model code.
 _PUBLIC = {
     "AdapterState": "adapter_state",

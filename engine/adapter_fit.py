@@ -12,8 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from common.errors import AdapterError
+
 from .adapters import AdapterInfo, base_model_note
-from .errors import AdapterError
 
 
 def _lora_types() -> Any:

@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import BadSetting
-from .memory import fmt_bytes
+from common.errors import BadSetting
+from common.formats import fmt_bytes
 
 ADAPTER_MODES = ("auto", "fused", "unfused")
 AUTO_SHARE = 0.5

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.errors import BadSetting
+
 from .adapters import AdapterInfo
-from .errors import BadSetting
 
 MAX_SCALE = 2.0
 

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from common.errors import AdapterError
 from models.resolve import location_key
 
 from .adapter_fit import check_against_model, shape_text
@@ -41,7 +42,6 @@ from .adapter_state import AdapterState as AdapterState
 from .adapter_state import PreparedAdapter as PreparedAdapter
 from .adapter_state import check_scale as check_scale
 from .adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterInfo, content_digest, inspect_adapter
-from .errors import AdapterError
 
 DEFAULT_MAX_PREPARED = 4
 
@@ -226,7 +226,7 @@ class AdapterManager:
         ``AdapterError``/``BadSetting``; the previously installed adapter then stays.
         """
         if self.model is None:
-            from .errors import NoModel
+            from common.errors import NoModel
 
             raise NoModel("no model is loaded yet: load one before choosing an adapter")
         if path is None:

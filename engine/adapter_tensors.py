@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.safetensors_header import (
+from common.errors import AdapterError
+from common.safetensors_header import (
     SafetensorsHeader,
     SafetensorsHeaderError,
     read_safetensors_header,
 )
-
-from .errors import AdapterError
 
 WEIGHTS_FILE = "adapters.safetensors"
 # The dtypes mlx-lm trains and loads adapters in; and how to find NaN/Inf in each: view the

@@ -18,14 +18,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from common.errors import NoModel, WorkbenchError
+from common.progress import LoadProgress
+from models import fit
 from models.resolve import resolve_model
 
 from . import memory as mem
 from .adapter_swap import DEFAULT_MAX_PREPARED, AdapterKey, AdapterManager, AdapterState
 from .adapters import AdapterInfo, discover_adapters
 from .cache_miss import explain_swap
-from .errors import NoModel, WorkbenchError
-from .events import LoadProgress, ModelInfo, Notice, PrefillProgress, TurnDone
+from .events import ModelInfo, Notice, PrefillProgress, TurnDone
 from .loaded import LoadedModel
 from .prompt_cache import CacheKey, CacheSnapshot, PromptCaches
 from .sampling import SamplingParams, TurnOptions
@@ -119,7 +121,7 @@ class EngineCore:
         start = time.perf_counter()
         draft = self.draft  # kept across the unload, checked against the new model below
         kv = self.decoding.kv
-        extra = mem.adapter_bytes(adapter)
+        extra = fit.adapter_bytes(adapter)
         loaded = LoadedModel.load(spec, path, emit,
                                   available=lambda: self.memory_probe() + freed,
                                   context_hint=self.max_kv_size or None,
@@ -234,7 +236,7 @@ class EngineCore:
         if loaded is None:
             return
         kv = self.decoding.kv
-        tokens, kv_bytes = mem.context_cost(Path(loaded.info.path), self.max_kv_size or None,
+        tokens, kv_bytes = fit.context_cost(Path(loaded.info.path), self.max_kv_size or None,
                                             kv.bits, kv.group_size)
         loaded.info = replace(loaded.info, context_tokens=tokens, kv_context_bytes=kv_bytes,
                               kv_label=kv.label() if kv.on else "",

@@ -50,7 +50,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .errors import WorkbenchError
+from common.errors import WorkbenchError
+
 from .events import WorldInfo
 
 if TYPE_CHECKING:

@@ -21,9 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from common.errors import AdapterError, WorkbenchError
+
 from .core import EngineCore
 from .distributed import PREFILL_STEP, World, current
-from .errors import AdapterError, WorkbenchError
 from .events import ModelInfo, TokenText, TurnDone
 
 Emit = Callable[[Any], None]

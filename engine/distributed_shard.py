@@ -29,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import WorkbenchError
+from common.errors import WorkbenchError
 
 SHARD_MODES = ("tensor", "pipeline")
 

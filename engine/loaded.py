@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common import formats
+from common.errors import WorkbenchError
+from common.progress import LoadProgress
 from models.resolve import display_name
 
 from . import memory as mem
-from .errors import WorkbenchError
-from .events import LoadProgress, ModelInfo, Notice
+from .events import ModelInfo, Notice
 
 Message = Mapping[str, str]
 Emit = Callable[[Any], None]
@@ -131,7 +133,7 @@ class LoadedModel:
         weight_bytes = mem.check_fit(path, available, context_hint,
                                      warn=lambda message: emit(Notice(message)),
                                      **dict(fit or {}))
-        emit(LoadProgress("load", f"loading {path.name} ({mem.gb(weight_bytes)})"))
+        emit(LoadProgress("load", f"loading {path.name} ({formats.gb(weight_bytes)})"))
         before_load()
         import mlx.core as mx
         from mlx_lm import load

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import WorkbenchError
+from common.errors import WorkbenchError
+
 from .events import Error, Result
 from .stream import EventStream
 

@@ -20,8 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from common.errors import WorkbenchError
+
 from . import memory as mem
-from .errors import WorkbenchError
 from .events import (
     AdapterChanged,
     MemoryReading,

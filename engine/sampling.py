@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from .errors import BadSetting
+from common.errors import BadSetting
 
 # mlx-lm's own defaults (mlx_lm/generate.py DEFAULT_*), except max_tokens: a chat reply
 # needs more room than mlx_lm generate's 100.

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import BadSetting, ModelTooBig, WorkbenchError
+from common.errors import BadSetting, ModelTooBig, WorkbenchError
 
 DEFAULT_QUANTIZED_KV_START = 5000  # mlx_lm.generate's
 DEFAULT_NUM_DRAFT_TOKENS = 3  # mlx_lm generate's --num-draft-tokens
@@ -228,12 +228,12 @@ def load_draft(spec: str, path: Path, main_tokenizer: Any, main_name: str,
     """Load the draft at ``path`` once it fits and its vocabulary matches (engine thread)."""
     from mlx_lm import load
 
+    from models import fit
     from models.resolve import display_name
 
-    from . import memory as mem
     from .loaded import first_line
 
-    report = mem.fit_report(path, available(), context_tokens, kv_bits=kv.bits if kv else None,
+    report = fit.fit_report(path, available(), context_tokens, kv_bits=kv.bits if kv else None,
                             kv_group_size=kv.group_size if kv else 64)
     if report.verdict == "too-big":
         raise ModelTooBig(f"as a draft model, {report.message()}", need=report.need,

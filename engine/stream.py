@@ -19,7 +19,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar, cast
 
-from .errors import EngineError
+from common.errors import EngineError
+
 from .events import FINAL_EVENTS, Error
 
 T = TypeVar("T")

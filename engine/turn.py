@@ -23,8 +23,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from common.errors import ContextOverflow
+
 from .cache_miss import explain as explain_miss
-from .errors import ContextOverflow
 from .events import (
     Memory,
     MemoryReading,

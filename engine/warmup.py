@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .events import LoadProgress
+from common.progress import LoadProgress
 
 CUDA_SIZES = (512, 1024, 300, 7)
 """CUDA: prefill chunks run one after another on one cache, as a long prompt runs: the first

@@ -15,7 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.memory import fit_report, fmt_count, system_available_memory
+from common.formats import fmt_count
+from common.repo_id import _repo_id_from_folder, repo_id_of
+from models.fit import fit_report, system_available_memory
 
 from .hub import cached_snapshot, default_cache_dir
 from .model_facts import describe_model
@@ -72,21 +74,6 @@ class PartialDownload:
 
 
 # -- where models are ---------------------------------------------------------------------
-
-def _repo_id_from_folder(name: str) -> str | None:
-    """``models--owner--name`` (the cache's folder name) to ``owner/name``."""
-    if not name.startswith("models--"):
-        return None
-    parts = name[len("models--"):].split("--")
-    return "/".join(parts) if len(parts) >= 2 else None
-
-
-def repo_id_of(path: Path) -> str | None:
-    """The repo id when ``path`` is a snapshot folder in a Hugging Face cache, else None."""
-    path = Path(path)
-    if path.parent.name == "snapshots":
-        return _repo_id_from_folder(path.parent.parent.name)
-    return None
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import WorkbenchError
+from common.errors import WorkbenchError
 
 from .demo_tokenizer import EOS_TOKEN_ID, THINKING_TEMPLATE, THINKING_TOKENS, write_tokenizer
 

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
-from engine.errors import DownloadError, ModelNotFound, OfflineError, WorkbenchError
+from common.errors import DownloadError, ModelNotFound, OfflineError, WorkbenchError
+from common.repo_id import looks_like_repo_id, offline
 
 # DownloadCancelled, DownloadProgress and ProgressCallback are part of fetch_model's API:
 # callers import them from here.
@@ -39,7 +40,6 @@ from .hub_transfer import (
     download_files,
     network_errors,
 )
-from .repo_id import looks_like_repo_id, offline
 
 # What mlx-lm itself downloads for a model (mlx_lm.utils.DEFAULT_ALLOW_PATTERNS), minus
 # *.py: the workbench never runs a model's own code.

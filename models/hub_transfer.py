@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.errors import DownloadError, WorkbenchError
-from engine.memory import fmt_bytes
+from common.errors import DownloadError, WorkbenchError
+from common.formats import fmt_bytes
 
 CHUNK_BYTES = 1 << 20  # progress and cancel checks per MiB
 PROGRESS_INTERVAL_S = 0.1

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.memory import model_context_length
-
-from .safetensors_header import SafetensorsHeaderError, read_safetensors_header
+from common.safetensors_header import SafetensorsHeaderError, read_safetensors_header
+from models.fit import model_context_length
 
 # -- what mlx-lm can run ------------------------------------------------------------------
 

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engine.errors import WorkbenchError
-from engine.memory import fmt_bytes
+from common.errors import WorkbenchError
+from common.formats import fmt_bytes
+from common.repo_id import looks_like_repo_id
 
 from .hub import cached_snapshot
-from .repo_id import looks_like_repo_id
 from .resolve import check_model_folder
 
 BITS = (2, 3, 4, 5, 6, 8)  # what mlx's affine quantization supports

@@ -13,10 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ModelNotFound, NotAModel, OfflineError
-from engine.events import LoadProgress
-
-from .repo_id import looks_like_repo_id, offline
+from common.errors import ModelNotFound, NotAModel, OfflineError
+from common.progress import LoadProgress
+from common.repo_id import looks_like_repo_id, offline
 
 Emit = Callable[[Any], None]
 
@@ -95,7 +94,7 @@ def display_name(spec: str, path: Path) -> str:
     """The repo id for a Hub model (also when given its cache folder), else the folder name."""
     if looks_like_repo_id(spec) and not Path(spec).exists():
         return spec
-    from .catalog import repo_id_of
+    from common.repo_id import repo_id_of
 
     return repo_id_of(path) or path.name
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import NoModel
-from models.repo_id import looks_like_repo_id
+from common.errors import NoModel
+from common.repo_id import looks_like_repo_id
 
 from .cache_file import CacheUnusable as CacheUnusable
 from .cache_file import check_header, write_cache

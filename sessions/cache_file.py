@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from models.safetensors_header import SafetensorsHeaderError, read_safetensors_header
+from common.atomic import atomic_write_with
+from common.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
-from .files import atomic_write_with
 from .fingerprint import model_fingerprint
 
 if TYPE_CHECKING:

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.safetensors_header import SafetensorsHeaderError, read_safetensors_header
+from common.atomic import atomic_write, fsync_dir
+from common.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 from .cache_file import CacheUnusable
-from .files import atomic_write, fsync_dir
 
 SEGMENTS_SCHEMA = 1
 MANIFEST = "manifest.json"

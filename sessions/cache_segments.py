@@ -63,7 +63,8 @@ import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from models.safetensors_header import SafetensorsHeaderError, read_safetensors_header
+from common.atomic import atomic_write_with
+from common.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 from .cache_file import DIGEST_KIND
 from .cache_manifest import MANIFEST as MANIFEST
@@ -78,7 +79,6 @@ from .cache_manifest import SegmentsUnusable as SegmentsUnusable
 from .cache_manifest import _tokens
 from .cache_manifest import remember as remember
 from .cache_manifest import saved_tokens as saved_tokens
-from .files import atomic_write_with
 
 MAX_SEGMENTS = 256
 _CUTTABLE = ("KVCache", "QuantizedKVCache")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.errors import WorkbenchError
+from common.errors import WorkbenchError
 
 
 class SessionError(WorkbenchError):

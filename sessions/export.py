@@ -13,8 +13,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from common.atomic import atomic_write
+
 from .errors import ExportRefused
-from .files import atomic_write
 from .store import SessionStore
 from .transcript import Session, SessionMessage
 

@@ -15,7 +15,7 @@ import hashlib
 import threading
 from pathlib import Path
 
-from models.safetensors_header import SafetensorsHeaderError, read_safetensors_header
+from common.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 FINGERPRINT_VERSION = "fp1"
 SAMPLE = 64 * 1024

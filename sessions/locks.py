@@ -15,8 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar, cast
 
+from common.atomic import temp_files
+
 from .errors import SessionFolderUnusable, SessionInUse, UnsafeLock
-from .files import FileLock, LockBusy, LockRefused, UnsafeFolder, private_dir, temp_files
+from .files import FileLock, LockBusy, LockRefused, UnsafeFolder, private_dir
 from .names import check_name
 
 _Method = TypeVar("_Method", bound=Callable[..., Any])

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from common.atomic import atomic_write
+
 from .errors import (
     BadSession,
     SessionError,
@@ -36,7 +38,6 @@ from .errors import (
     SessionNotFound,
     SessionTooNew,
 )
-from .files import atomic_write
 from .locks import SessionLocks, serialized
 from .names import MAX_NAME, check_name, sanitize_name
 from .transcript import Session, now, parse_session

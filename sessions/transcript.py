@@ -15,7 +15,7 @@ from typing import Any
 
 import tomli_w
 
-from engine.errors import BadSetting
+from common.errors import BadSetting
 from engine.sampling import SamplingParams
 
 from . import branches

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from common.errors import AdapterError, ContextOverflow, EngineError, NoModel, WorkbenchError
 from engine import (
     AdapterChanged,
     AdapterInfo,
@@ -62,17 +63,10 @@ from engine import (
     TurnStats,
 )
 from engine.adapter_swap import AdapterKey, check_scale
-from engine.errors import (
-    AdapterError,
-    ContextOverflow,
-    EngineError,
-    NoModel,
-    WorkbenchError,
-)
-from engine.memory import model_context_length
 from engine.reasoning import ReasoningSplitter
 from engine.requests import RequestThread
 from models.demo import is_demo_model
+from models.fit import model_context_length
 from models.resolve import display_name, resolve_model
 
 T = TypeVar("T")

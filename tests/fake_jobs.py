@@ -1,5 +1,5 @@
-"""Scripted stand-ins for the training and fuse child jobs (``engine.train.runner.TrainJob``,
-``engine.train.fuse.FuseJob``), for the app's tests, snapshots and docs screenshots.
+"""Scripted stand-ins for the training and fuse child jobs (``jobs.runner.TrainJob``,
+``jobs.fuse.FuseJob``), for the app's tests, snapshots and docs screenshots.
 
 ``FakeJob`` keeps their consumer's side (``start``/``poll``/``cancel``/``done``/``final``)
 and says exactly what it is fed (``feed``); ``Jobs`` is the factory the app's training
@@ -15,15 +15,9 @@ import queue
 import threading
 from typing import Any
 
-from engine.errors import WorkbenchError
-from engine.train.events import (
-    TrainFailed,
-    TrainFinished,
-    TrainProgress,
-    TrainStarted,
-    ValProgress,
-)
-from engine.train.fuse import FuseFailed, FuseFinished
+from common.errors import WorkbenchError
+from jobs.events import TrainFailed, TrainFinished, TrainProgress, TrainStarted, ValProgress
+from jobs.fuse import FuseFailed, FuseFinished
 
 FINALS = (TrainFinished, TrainFailed, FuseFinished, FuseFailed)
 

@@ -1,6 +1,6 @@
 """The Eval screen, driven by a Pilot on the fake engine.
 
-The real evaluation (``engine.train.evaluate.evaluate_on_engine``) needs a model on the
+The real evaluation (``jobs.evaluate.evaluate_on_engine``) needs a model on the
 engine thread; here the app's training controller is given ``fake_evaluate``, which runs on
 the fake engine's thread through ``submit`` exactly as the real one does (events
 ``EvalReply``/``EvalProgress``, then the ``EvalReport``), with replies that say which
@@ -19,7 +19,7 @@ from test_app import fake_app, until
 from textual.pilot import Pilot
 from textual.widgets import Button, Input, Select, Static
 
-from engine.train.evaluate import EvalProgress, EvalReply, EvalReport
+from jobs.evaluate import EvalProgress, EvalReply, EvalReport
 from tests.fake_engine import FakeEngine, fake_adapter
 from workbench.tui.app import WorkbenchApp
 from workbench.tui.screens.evaluate import EvalScreen

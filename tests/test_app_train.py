@@ -1,6 +1,6 @@
 """The Train screen and the Fuse action, driven by a Pilot on the fake engine and fake jobs.
 
-A training run is a child process in real life (``engine.train.runner.TrainJob``); here the
+A training run is a child process in real life (``jobs.runner.TrainJob``); here the
 app's training controller is given ``FakeTrainJob``, which replays the events a test feeds
 it, so what the app does with a run's events (curves, stats, cancel, a finished adapter
 swapped in) is tested without MLX or a process. The same for ``FakeFuseJob``.
@@ -15,12 +15,8 @@ from test_app import fake_app, reply_done, send, until
 from textual.pilot import Pilot
 from textual.widgets import Button, Input, Select, Static
 
-from engine.train.events import (
-    TrainFinished,
-    TrainNotice,
-    ValProgress,
-)
-from engine.train.fuse import FuseFinished, FuseProgress
+from jobs.events import TrainFinished, TrainNotice, ValProgress
+from jobs.fuse import FuseFinished, FuseProgress
 from tests.fake_engine import FakeEngine, fake_adapter
 from tests.fake_jobs import FakeFuseJob, FakeJob, Jobs, progress, started
 from workbench import recent

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from common.safetensors_header import read_safetensors_header
 from engine import Engine, SamplingParams, TurnDone
-from models.safetensors_header import read_safetensors_header
 from sessions import SessionStore, submit_autosave, submit_resume
 
 PARAMS = SamplingParams(max_tokens=12)

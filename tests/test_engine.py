@@ -204,7 +204,7 @@ async def test_async_consumer_gets_batched_events(llama_engine):
 
 
 def test_switching_models_counts_the_memory_the_old_one_gives_back(demo_kit):
-    from engine.memory import fit_report
+    from models.fit import fit_report
 
     need = fit_report(demo_kit.qwen3, 0, 4096).need
     free = [10**12]

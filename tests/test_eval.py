@@ -1,4 +1,4 @@
-"""`workbench eval` and engine/train/evaluate.py: the replies are mlx-lm's, the validation
+"""`workbench eval` and jobs/evaluate.py: the replies are mlx-lm's, the validation
 loss is mlx-lm's `evaluate`, the adapter in use survives the evaluation, exports never
 replace a file, and a bad prompt file is reported one line per bad record."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine import SamplingParams
-from engine.train.evaluate import (
+from jobs.evaluate import (
     EvalCandidate,
     EvalProgress,
     EvalReply,
@@ -174,7 +174,7 @@ def test_eval_equals_mlx_lm_and_restores_the_adapter(llama_engine, demo_kit, dat
 def test_cancel_and_errors_restore_the_adapter(llama_engine, demo_kit, tmp_path):
     """A cancel after the first reply, or a candidate that cannot be used, ends the run
     with one line, and the adapter active before is active again."""
-    from engine.errors import WorkbenchError
+    from common.errors import WorkbenchError
 
     tone_a = str(demo_kit.adapter("tone-a"))
     llama_engine.use_adapter(tone_a).result_sync(30)
@@ -209,7 +209,7 @@ def test_cancel_and_errors_restore_the_adapter(llama_engine, demo_kit, tmp_path)
     assert final.kind == "data" and "\n" not in final.message, final
 
     with pytest.raises(WorkbenchError):
-        from engine.train.evaluate import check_candidates
+        from jobs.evaluate import check_candidates
 
         check_candidates([EvalCandidate("x"), EvalCandidate("x")])
 
@@ -331,13 +331,13 @@ def test_a_prompt_too_long_for_the_context_and_truncated_data_are_notices(demo_k
 
 
 def test_eval_and_fuse_modules_import_no_ui_library_nor_mlx():
-    """engine/train's eval and fuse modules are light: no UI library, no MLX at import (the
+    """jobs/'s eval and fuse modules are light: no UI library, no MLX at import (the
     hygiene test covers engine/'s top level only)."""
     import subprocess
     import sys
 
     code = ("import sys\n"
-            "import engine.train.evaluate, engine.train.fuse, engine.train.fuse_child\n"
+            "import jobs.evaluate, jobs.fuse, jobs.fuse_child\n"
             "print(','.join(m for m in ('textual', 'rich', 'prompt_toolkit', 'mlx.core', "
             "'mlx_lm') if m in sys.modules))\n")
     root = Path(__file__).resolve().parents[1]

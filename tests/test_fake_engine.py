@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import BadSetting
 from engine import (
     AdapterChanged,
     EngineAPI,
@@ -28,7 +29,6 @@ from engine import (
     TurnDone,
     follow,
 )
-from engine.errors import BadSetting
 from tests.fake_engine import FAKE_MEMORY, FakeCore, FakeEngine, fake_adapter
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ which a fused model does not share)."""
 
 from __future__ import annotations
 
-from engine.train.fuse import FuseFinished, FuseJob
+from jobs.fuse import FuseFinished, FuseJob
 
 
 def test_a_model_fused_from_the_demo_is_labelled_as_the_trained_demo(demo_kit, tmp_path):

@@ -1,4 +1,4 @@
-"""`workbench fuse` and engine/train/fuse.py: the same folder `python -m mlx_lm fuse` writes
+"""`workbench fuse` and jobs/fuse.py: the same folder `python -m mlx_lm fuse` writes
 (weights, config, GGUF), loadable by the workbench and listed by the models screen; every
 refusal is one line and writes nothing; a cancel leaves nothing behind."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.train.fuse import FuseError, FuseFailed, FuseFinished, FuseJob, FuseProgress
+from jobs.fuse import FuseError, FuseFailed, FuseFinished, FuseJob, FuseProgress
 from tests.helpers import reference_reply
 from workbench.cli import main
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from engine import Engine, ModelLoaded, SamplingParams, TurnDone
-from engine.memory import estimate_kv_bytes, fit_report
 from engine.prompt_cache import common_prefix
 from engine.speculative import DecodingSettings, KVSettings
+from models.fit import estimate_kv_bytes, fit_report
 
 MAX = 20
 FIRST = [{"role": "user", "content": "Tell me about the for statement and lists."}]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from hub_server import DEMO_REPO, GATED_REPO, closed_port_url, demo_hub, go_online
 
+from common.errors import DownloadError, ModelNotFound, OfflineError, WorkbenchError
 from engine import ModelLoaded, SamplingParams, TurnDone
-from engine.errors import DownloadError, ModelNotFound, OfflineError, WorkbenchError
 from models.catalog import partial_downloads, scan_models
 from models.hub import (
     ALLOW_PATTERNS,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from common.errors import ModelTooBig
 from engine import Engine, Error, ModelLoaded, Result, SamplingParams, TurnDone
-from engine.errors import ModelTooBig
-from engine.memory import check_fit, fit_report
+from engine.memory import check_fit
+from models.fit import fit_report
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0.0)
 HELLO = [{"role": "user", "content": "Tell me about lists."}]

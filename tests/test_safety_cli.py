@@ -66,7 +66,7 @@ def test_models_refuses_a_bad_folder_in_one_line(tmp_path, hf_cache, capsys, kin
 def test_listed_parameter_count_is_the_sidebars(demo_kit, tmp_path):
     """The list shows the same figure the sidebar shows once the model is loaded
     (mlx_lm.utils.get_total_parameters, formatted the same way), tied heads included."""
-    from engine.memory import fmt_count as count  # what the sidebar's count() prints
+    from common.formats import fmt_count as count  # what the sidebar's count() prints
 
     tied = tmp_path / "tied"
     shutil.copytree(demo_kit.qwen3, tied)  # tie_word_embeddings: a stray lm_head is dropped

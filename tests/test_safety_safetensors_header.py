@@ -1,4 +1,4 @@
-"""models.safetensors_header: one strict reader for every safetensors header the workbench
+"""common.safetensors_header: one strict reader for every safetensors header the workbench
 reads (model catalog, fingerprints, prompt caches, adapters)."""
 
 from __future__ import annotations
@@ -11,11 +11,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from models.safetensors_header import (
-    MAX_HEADER,
-    SafetensorsHeaderError,
-    read_safetensors_header,
-)
+from common.safetensors_header import MAX_HEADER, SafetensorsHeaderError, read_safetensors_header
 
 
 def _raw(path, header: object, data: bytes = b"", size: int | None = None) -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import BadSetting
+from common.errors import BadSetting
 from engine.sampling import PRESETS, SamplingParams, parse_value, preset
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import BadSetting
-from engine.train import events as ev
-from engine.train.config import CONFIG_DEFAULTS, PRESETS, TrainConfig, read_config_file
+from common.errors import BadSetting
+from jobs import events as ev
+from jobs.config import CONFIG_DEFAULTS, PRESETS, TrainConfig, read_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,7 @@ def test_events_round_trip_through_json():
 def test_training_modules_import_no_ui_library():
     code = ("import importlib, sys\n"
             "for m in ('config', 'data', 'estimate', 'folder', 'events', 'runner', 'child'):\n"
-            "    importlib.import_module('engine.train.' + m)\n"
+            "    importlib.import_module('jobs.' + m)\n"
             "print([m for m in ('textual', 'rich', 'prompt_toolkit') if m in sys.modules])\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)

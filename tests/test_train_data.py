@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from engine.errors import BadSetting
-from engine.train.config import TrainConfig
-from engine.train.data import TrainDataError, check_folder, session_examples, split
-from engine.train.folder import AdapterFolderTaken, check_target
-from engine.train.runner import TrainJob
+from common.errors import BadSetting
+from jobs.config import TrainConfig
+from jobs.data import TrainDataError, check_folder, session_examples, split
+from jobs.folder import AdapterFolderTaken, check_target
+from jobs.runner import TrainJob
 from workbench.cli import main
 
 
@@ -190,7 +190,7 @@ def _config(demo_kit, tmp_path, **changes) -> TrainConfig:
 
 
 def test_a_run_that_cannot_fit_is_refused_with_the_numbers(demo_kit, tmp_path, monkeypatch):
-    from engine.train import estimate
+    from jobs import estimate
 
     monkeypatch.setattr(estimate, "available_memory", lambda: 50_000_000)
     with pytest.raises(estimate.TrainTooBig) as info:
@@ -208,7 +208,7 @@ def test_the_estimate_counts_what_mlx_lm_trains(demo_kit):
     from mlx_lm.tuner.utils import linear_to_lora_layers
     from mlx_lm.utils import load
 
-    from engine.train.estimate import model_config, trainable_parameters
+    from jobs.estimate import model_config, trainable_parameters
 
     lp = {"rank": 4, "scale": 10.0, "dropout": 0.0}
     model, _ = load(str(demo_kit.qwen3))
@@ -247,7 +247,7 @@ def test_help_and_bad_flags(capsys):
 
 def test_a_swap_cut_short_is_undone(tmp_path):
     """Killed between the swap's two renames: the previous adapter is put back."""
-    from engine.train.folder import Staging, recover
+    from jobs.folder import Staging, recover
 
     out = tmp_path / "adapter"
     out.mkdir()

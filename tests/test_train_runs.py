@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from test_train_support import even_data
 
-from engine.train.config import TrainConfig
-from engine.train.events import TrainFailed, TrainFinished, TrainProgress, TrainStarted
-from engine.train.runner import TrainJob
+from jobs.config import TrainConfig
+from jobs.events import TrainFailed, TrainFinished, TrainProgress, TrainStarted
+from jobs.runner import TrainJob
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from engine.errors import BadSetting, WorkbenchError
+from common.errors import BadSetting, WorkbenchError
 from engine.sampling import PRESETS, SamplingParams, preset
 
 from . import eval_cli, models_cli, train_cli

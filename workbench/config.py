@@ -13,7 +13,7 @@ from typing import Any
 
 import tomli_w
 
-from engine.errors import BadSetting
+from common.errors import BadSetting
 from engine.sampling import SamplingParams
 
 from . import paths
@@ -178,7 +178,7 @@ def load_config(path: Path | None = None) -> Config:
 
 def save_config(config: Config, path: Path | None = None) -> Path:
     path = path or config.path or paths.config_file()
-    from sessions.files import atomic_write  # its package loads only when a file is written
+    from common.atomic import atomic_write  # its package loads only when a file is written
 
     atomic_write(path, tomli_w.dumps(config.to_toml()).encode("utf-8"))
     return path

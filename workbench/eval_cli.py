@@ -111,7 +111,7 @@ def _fail(message: str, code: int = 1) -> int:
 
 def split_scale(spec: str) -> tuple[str, float | None]:
     """``DIR@SCALE`` to ``(DIR, SCALE)``; a path that exists as given keeps its ``@``."""
-    from engine.errors import BadSetting
+    from common.errors import BadSetting
 
     if "@" not in spec or Path(spec).expanduser().exists():
         return spec, None
@@ -125,7 +125,7 @@ def split_scale(spec: str) -> tuple[str, float | None]:
 
 def find_adapter(path: str, folders: list[Path]) -> str:
     """An adapter folder as given, else by name in the adapters folders."""
-    from engine.errors import AdapterError
+    from common.errors import AdapterError
 
     given = Path(path).expanduser()
     if given.exists():
@@ -138,8 +138,8 @@ def find_adapter(path: str, folders: list[Path]) -> str:
 
 
 def candidates_from(specs: list[str], with_base: bool, folders: list[Path]) -> list[Any]:
-    from engine.errors import BadSetting
-    from engine.train.evaluate import MAX_CANDIDATES, EvalCandidate
+    from common.errors import BadSetting
+    from jobs.evaluate import MAX_CANDIDATES, EvalCandidate
 
     out = [EvalCandidate("base")] if with_base else []
     for spec in specs:
@@ -160,9 +160,9 @@ def candidates_from(specs: list[str], with_base: bool, folders: list[Path]) -> l
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from common.errors import BadSetting
     from engine import EngineError, Notice, follow_sync
-    from engine.errors import BadSetting
-    from engine.train.evaluate import (
+    from jobs.evaluate import (
         EvalProgress,
         EvalReply,
         PromptFileError,
@@ -264,7 +264,7 @@ def _fuse_inputs(args: argparse.Namespace) -> tuple[str, str]:
     model and its adapter of that name (``--adapter-path pirate``)."""
     if not args.demo:
         return args.model or "mlx_model", args.adapter_path
-    from engine.errors import BadSetting
+    from common.errors import BadSetting
     from models.demo import DemoKit
 
     from .runtime import demo_model_path
@@ -284,8 +284,8 @@ def _fuse_inputs(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def run_fuse(args: argparse.Namespace) -> int:
-    from engine.errors import WorkbenchError
-    from engine.train.fuse import FuseFailed, FuseFinished, FuseJob, FuseProgress
+    from common.errors import WorkbenchError
+    from jobs.fuse import FuseFailed, FuseFinished, FuseJob, FuseProgress
 
     from . import recent
     from .models_cli import _ProgressLine

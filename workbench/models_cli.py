@@ -121,7 +121,7 @@ def free_memory_now() -> int:
     """What a model load can count on now, read on the engine's thread (MLX is asked there
     only, as the app does); the system's free memory if the engine cannot answer."""
     from engine import Engine, Result
-    from engine.memory import system_available_memory
+    from models.fit import system_available_memory
 
     try:
         with Engine() as engine:
@@ -136,7 +136,7 @@ def free_memory_now() -> int:
 def run_models(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from engine.memory import gb
+    from common.formats import gb
     from models.catalog import filter_models, partial_downloads, scan_models
 
     from . import recent
@@ -200,7 +200,7 @@ def _where(entry: Any) -> str:
 
 
 def format_table(entries: list[Any]) -> str:
-    from engine.memory import gb
+    from common.formats import gb
 
     fit_words = {"fits": "yes", "tight": "tight", "too-big": "NO", "?": "?"}
     rows = [("", "MODEL", "PARAMS", "BITS", "SIZE", "CONTEXT", "FITS", "WHERE")]
@@ -231,8 +231,8 @@ def format_table(entries: list[Any]) -> str:
 # -- download ------------------------------------------------------------------------------
 
 def run_download(args: argparse.Namespace) -> int:
-    from engine.errors import WorkbenchError
-    from engine.memory import fmt_bytes
+    from common.errors import WorkbenchError
+    from common.formats import fmt_bytes
     from models.hub import DownloadProgress, fetch_model, partial_bytes
 
     line = _ProgressLine(quiet=args.quiet)

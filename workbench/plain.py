@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import BadSetting, WorkbenchError
 from engine import (
     AdapterInfo,
     EngineAPI,
@@ -23,7 +24,6 @@ from engine import (
     TurnStats,
     follow_sync,
 )
-from engine.errors import BadSetting, WorkbenchError
 from engine.reasoning import split_reasoning
 from engine.sampling import parse_value, preset
 from sessions import (

@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.errors import WorkbenchError
 from engine import EngineError, TurnOptions
-from engine.errors import WorkbenchError
 from sessions import Session, SessionStore
 
 from .plain import PlainChat

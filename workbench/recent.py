@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.repo_id import looks_like_repo_id
+from common.atomic import atomic_write
+from common.repo_id import looks_like_repo_id
 from models.resolve import location_key
-from sessions.files import atomic_write
 
 from . import paths
 

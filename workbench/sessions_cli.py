@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.memory import fmt_bytes
+from common.formats import fmt_bytes
 from models.resolve import short_model
 
 from .formatting import plural

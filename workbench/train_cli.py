@@ -33,7 +33,7 @@ by validation loss, itself an adapter folder) and training.json (every loss repo
 
 
 def add_parsers(sub: Any) -> None:
-    from engine.train.config import FINE_TUNE_TYPES, OPTIMIZERS, PRESETS
+    from jobs.config import FINE_TUNE_TYPES, OPTIMIZERS, PRESETS
 
     t = sub.add_parser(
         COMMAND,
@@ -191,8 +191,8 @@ _MLX_FLAGS = (
 
 def build_config(args: argparse.Namespace) -> Any:
     """The ``TrainConfig`` for these flags (precedence as in mlx-lm)."""
-    from engine.errors import BadSetting
-    from engine.train.config import TrainConfig
+    from common.errors import BadSetting
+    from jobs.config import TrainConfig
 
     from .config import load_config
 
@@ -235,10 +235,10 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from engine.errors import BadSetting, WorkbenchError
-    from engine.train.data import TrainDataError
-    from engine.train.events import TrainFailed, TrainFinished, to_json
-    from engine.train.runner import TrainJob
+    from common.errors import BadSetting, WorkbenchError
+    from jobs.data import TrainDataError
+    from jobs.events import TrainFailed, TrainFinished, to_json
+    from jobs.runner import TrainJob
 
     try:
         config = build_config(args)
@@ -297,7 +297,7 @@ class _Progress:
             print(text, file=sys.stderr, flush=True)
 
     def begin(self) -> None:
-        from engine.memory import fmt_count, gb
+        from common.formats import fmt_count, gb
 
         job = self.job
         if job.data is None or job.estimate is None:
@@ -311,8 +311,8 @@ class _Progress:
         )
 
     def event(self, event: Any) -> None:
-        from engine.memory import gb
-        from engine.train import events as ev
+        from common.formats import gb
+        from jobs import events as ev
 
         if isinstance(event, ev.TrainStarted):
             self.total = event.total_iters

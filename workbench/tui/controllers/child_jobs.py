@@ -1,7 +1,7 @@
 """The watching of a child-process job from the app: one thread worker, batched messages.
 
-Training and fusing run in child processes (``engine.train.runner.TrainJob``,
-``engine.train.fuse.FuseJob``), never on the engine thread. Each job is watched by a thread
+Training and fusing run in child processes (``jobs.runner.TrainJob``,
+``jobs.fuse.FuseJob``), never on the engine thread. Each job is watched by a thread
 worker (``pump``) that starts it (its checks may take a while), polls it without blocking
 and posts what it said as one ``JobEvents`` message at most every ``POST_EVERY_S``: the UI
 thread never waits on the child, and the curves repaint a few times a second however often
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from textual.message import Message
 
-from engine.errors import WorkbenchError
+from common.errors import WorkbenchError
 
 POST_EVERY_S = 0.25  # a job's events reach the UI at most four times a second
 POLL_S = 0.05  # how often the watching thread asks the child for news

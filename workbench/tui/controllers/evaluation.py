@@ -1,7 +1,7 @@
 """Evaluating adapters from the app: the Eval screen, with the chat held meanwhile.
 
 ``EvalController`` opens the Eval screen (``screens/evaluate.py``) on the adapters the app
-knows. The evaluation itself runs on the engine thread (``engine.train.evaluate``), not in a
+knows. The evaluation itself runs on the engine thread (``jobs.evaluate``), not in a
 child process: it swaps adapters on the engine and puts the active one back after, so the
 chat waits while the screen is open, and the Adapters pane shows the active adapter again
 when it closes. The evaluating function is a parameter (``evaluate``), so the tests run the
@@ -22,7 +22,7 @@ class EvalController:
     def __init__(self, app: WorkbenchApp, *, evaluate: Callable[..., Any] | None = None
                  ) -> None:
         self.app = app
-        self.evaluate = evaluate  # None: engine.train.evaluate.evaluate_on_engine
+        self.evaluate = evaluate  # None: jobs.evaluate.evaluate_on_engine
 
     def open_eval(self, prompts: str = "") -> None:
         """The Eval screen, on the adapters the app knows (the chat waits meanwhile: the

@@ -2,7 +2,7 @@
 thread.
 
 ``FuseController`` owns the app's fuse job (``fuse``, a ``FuseRun``): at most one, started
-from the Fuse screen, run by ``engine.train.fuse.FuseJob`` in a child process (never on the
+from the Fuse screen, run by ``jobs.fuse.FuseJob`` in a child process (never on the
 engine thread, so the chat goes on meanwhile) and watched by the shared ``pump`` worker
 (``child_jobs.py``). The job class is a parameter, so the tests run the app on scripted
 fakes. A fused model is remembered as a model folder, so it shows in the models screen; how
@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import WorkbenchError
+from common.errors import WorkbenchError
 
 from ... import recent
 from .child_jobs import ChildJob, JobEvents, duration, first_line, pump, unique_folder
@@ -45,7 +45,7 @@ class FuseRun:
         return self.state == "running"
 
     def record(self, event: Any) -> None:
-        from engine.train.fuse import FuseFailed, FuseFinished, FuseProgress
+        from jobs.fuse import FuseFailed, FuseFinished, FuseProgress
 
         if isinstance(event, FuseProgress):
             self.message = first_line(event.message) or event.stage
@@ -65,14 +65,14 @@ FuseJobFactory = Callable[..., ChildJob]
 
 def _real_fuse_job(model: str, adapter_path: str, save_path: str, *,
                    dequantize: bool = False, export_gguf: bool = False) -> ChildJob:
-    from engine.train.fuse import FuseJob
+    from jobs.fuse import FuseJob
 
     return FuseJob(model, adapter_path, save_path, dequantize=dequantize,
                    export_gguf=export_gguf)
 
 
 def _fuse_refused(message: str, kind: str) -> Any:
-    from engine.train.fuse import FuseFailed
+    from jobs.fuse import FuseFailed
 
     return FuseFailed(message, kind)
 

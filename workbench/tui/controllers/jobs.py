@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.errors import WorkbenchError
 from engine import EngineError
-from engine.errors import WorkbenchError
 
 from ... import recent
 from ..messages import JobFinished
@@ -129,7 +129,7 @@ class JobsController:
 
     @staticmethod
     def _download(job: Job) -> None:
-        from engine.memory import fmt_bytes
+        from common.formats import fmt_bytes
         from models.hub import DownloadCancelled, fetch_model
 
         def progress(p: Any) -> None:

@@ -25,8 +25,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common.errors import WorkbenchError
 from engine import EngineError
-from engine.errors import WorkbenchError
 from sessions import Session, SessionStore, check_name, submit_autosave, submit_close
 
 from .models import model_spec, names

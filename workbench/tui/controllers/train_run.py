@@ -13,18 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.memory import fmt_bytes
+from common.formats import fmt_bytes
 
 from .child_jobs import duration, first_line
 
 if TYPE_CHECKING:
-    from engine.train.events import (
-        TrainFailed,
-        TrainFinished,
-        TrainProgress,
-        TrainStarted,
-        ValProgress,
-    )
+    from jobs.events import TrainFailed, TrainFinished, TrainProgress, TrainStarted, ValProgress
 
 
 @dataclass
@@ -66,7 +60,7 @@ class TrainRun:
                 and getattr(self.config, "fine_tune_type", "lora") in ("lora", "dora"))
 
     def record(self, event: Any) -> None:
-        from engine.train.events import (
+        from jobs.events import (
             TrainFailed,
             TrainFinished,
             TrainNotice,
@@ -123,7 +117,7 @@ class TrainRun:
 
     def outcome(self) -> str:
         """How the run ended, in one line ("" while it runs)."""
-        from engine.train.events import TrainFailed, TrainFinished
+        from jobs.events import TrainFailed, TrainFinished
 
         final = self.final
         if isinstance(final, TrainFinished):

@@ -1,7 +1,7 @@
 """Training adapters from the app: a child process, watched from a thread.
 
 ``TrainingController`` owns the app's training run (``run``, a ``TrainRun``, in
-``train_run.py``). It runs in a child process (``engine.train.runner.TrainJob``), never on
+``train_run.py``). It runs in a child process (``jobs.runner.TrainJob``), never on
 the engine thread, so the chat goes on meanwhile (slower: the child uses the same GPU), and
 is watched by the shared ``pump`` worker (``child_jobs.py``). The job class is a parameter,
 so the tests run the app on scripted fakes.
@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import WorkbenchError
+from common.errors import WorkbenchError
 
 from .child_jobs import (
     CANCEL_WAIT_S,
@@ -55,13 +55,13 @@ TrainJobFactory = Callable[[Any], ChildJob]
 
 
 def _real_train_job(config: Any) -> ChildJob:
-    from engine.train.runner import TrainJob
+    from jobs.runner import TrainJob
 
     return TrainJob(config)
 
 
 def _train_refused(message: str, kind: str) -> Any:
-    from engine.train.events import TrainFailed
+    from jobs.events import TrainFailed
 
     return TrainFailed(message, kind if kind != "error" else "bad-setting")
 
@@ -243,7 +243,7 @@ class TrainingController:
 
     @property
     def evaluate(self) -> Callable[..., Any] | None:
-        return self.evaluation.evaluate  # None: engine.train.evaluate.evaluate_on_engine
+        return self.evaluation.evaluate  # None: jobs.evaluate.evaluate_on_engine
 
     @evaluate.setter
     def evaluate(self, evaluate: Callable[..., Any] | None) -> None:

@@ -22,9 +22,9 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, Label, Static
 
+from common.formats import fmt_bytes
 from engine.adapter_swap import AdapterState
 from engine.adapters import AdapterInfo
-from engine.memory import fmt_bytes
 
 from ..labels import scale_label
 from ..widgets.meters import count

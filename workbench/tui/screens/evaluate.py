@@ -3,7 +3,7 @@
 Pick the candidates (the base model, and adapters the app knows, each at a scale), a prompt
 set (a JSONL file of prompts, or a data folder: its validation set, which also gives each
 candidate's validation loss and perplexity), and run. The evaluation runs on the engine
-thread (``engine.train.evaluate.evaluate_on_engine``, which puts the adapter that was
+thread (``jobs.evaluate.evaluate_on_engine``, which puts the adapter that was
 active back afterwards); each reply shows in its candidate's column as soon as it is
 written, with its tokens/s, so the columns read side by side (as in compare). The report
 exports to Markdown or JSON, always into a new file.
@@ -24,15 +24,15 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static
 
+from common.errors import WorkbenchError
 from engine import EngineError, Notice, follow
-from engine.errors import WorkbenchError
 
 from ...keymap import EVAL_BINDINGS
 from ..labels import adapter_label
 
 if TYPE_CHECKING:
     from engine import EngineAPI, SamplingParams
-    from engine.train.evaluate import EvalCandidate, EvalReport
+    from jobs.evaluate import EvalCandidate, EvalReport
 
 PICKS = 4  # adapters besides the base model
 BASE = "base model"
@@ -50,7 +50,7 @@ Evaluate = Callable[..., Any]  # evaluate_on_engine's signature
 
 
 def _real_evaluate(*args: Any, **kwargs: Any) -> Any:
-    from engine.train.evaluate import evaluate_on_engine
+    from jobs.evaluate import evaluate_on_engine
 
     return evaluate_on_engine(*args, **kwargs)
 
@@ -126,7 +126,7 @@ class EvalScreen(ModalScreen[None]):
     # -- choosing ------------------------------------------------------------------------
     def chosen(self) -> list[EvalCandidate]:
         """The candidates picked, base first; ``ValueError`` with what is wrong."""
-        from engine.train.evaluate import EvalCandidate
+        from jobs.evaluate import EvalCandidate
 
         out: list[EvalCandidate] = []
         if self.query_one("#eval-base", Checkbox).value:
@@ -168,7 +168,7 @@ class EvalScreen(ModalScreen[None]):
             self._note("Not run: give a prompt set: a .jsonl file of prompts, or a data "
                        "folder (its validation set)", error=True)
             return
-        from engine.train.evaluate import load_prompts
+        from jobs.evaluate import load_prompts
 
         try:
             prompts = await asyncio.to_thread(load_prompts, source)
@@ -212,7 +212,7 @@ class EvalScreen(ModalScreen[None]):
     @work(exclusive=True, group="eval", exit_on_error=False, description="evaluate adapters")
     async def run_eval(self, candidates: list[EvalCandidate], prompts: list[Any],
                        valid: str | None) -> None:
-        from engine.train.evaluate import EvalProgress, EvalReply
+        from jobs.evaluate import EvalProgress, EvalReply
 
         def reply(event: EvalReply) -> None:
             cell = self.cell(event.prompt_index, event.label)
@@ -277,7 +277,7 @@ class EvalScreen(ModalScreen[None]):
     # -- export --------------------------------------------------------------------------
     def export(self, kind: str) -> Path | None:
         """Write the report to a new file (``.md`` or ``.json``); its path, or None."""
-        from engine.train.evaluate import write_new_file
+        from jobs.evaluate import write_new_file
 
         from ... import paths
 

@@ -27,7 +27,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, ProgressBar, Static
 
-from engine.memory import fmt_bytes, gb
+from common.formats import fmt_bytes, gb
 from models.resolve import same_location
 
 from ...keymap import MODELS_BINDINGS
@@ -322,7 +322,7 @@ class ModelsScreen(ModalScreen[str | None]):
 
     def _open_folder(self, folder: Path) -> None:
         """Load the model in ``folder`` (the app does, as for a row), or say why not."""
-        from engine.errors import WorkbenchError
+        from common.errors import WorkbenchError
         from models.resolve import check_model_folder
 
         try:

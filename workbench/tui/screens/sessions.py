@@ -20,7 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, Static
 
-from engine.memory import fmt_bytes
+from common.formats import fmt_bytes
 from sessions import SessionStore, SessionSummary
 
 from ...keymap import SESSIONS_BINDINGS

@@ -16,7 +16,7 @@ from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static, Switch, TextArea
 
-from engine.errors import BadSetting
+from common.errors import BadSetting
 from engine.sampling import PRESETS, SamplingParams, parse_value
 
 from ...keymap import SETTINGS_BINDINGS

@@ -35,7 +35,7 @@ from textual.widgets import (
     Static,
 )
 
-from engine.errors import WorkbenchError
+from common.errors import WorkbenchError
 
 from ...keymap import TRAIN_BINDINGS
 from ..widgets.loss_plot import LossPlot
@@ -61,7 +61,7 @@ NUMBERS: dict[str, tuple[str, str]] = {
 
 def config_defaults() -> dict[str, Any]:
     """``TrainConfig``'s own defaults, field by field."""
-    from engine.train.config import TrainConfig
+    from jobs.config import TrainConfig
 
     out: dict[str, Any] = {}
     for f in fields(TrainConfig):
@@ -73,7 +73,7 @@ def config_defaults() -> dict[str, Any]:
 
 
 def presets() -> dict[str, dict[str, Any]]:
-    from engine.train.config import PRESETS
+    from jobs.config import PRESETS
 
     return dict(PRESETS)
 
@@ -288,7 +288,7 @@ class TrainScreen(ModalScreen[None]):
 
     def build_config(self) -> Any:
         """The ``TrainConfig`` of the form (``ValueError``/``WorkbenchError`` if refused)."""
-        from engine.train.config import TrainConfig
+        from jobs.config import TrainConfig
 
         model = self.controller.model_spec()
         if model is None:

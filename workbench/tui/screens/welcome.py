@@ -23,8 +23,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine.errors import WorkbenchError
-from engine.memory import gb
+from common.errors import WorkbenchError
+from common.formats import gb
 from models.hub import offline
 
 from .models import FIT_WORDS, JOB_REPAINT_S, Job, JobHost, JobPanel

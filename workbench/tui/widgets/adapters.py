@@ -22,7 +22,7 @@ from textual.message import Message
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from engine.memory import fmt_bytes
+from common.formats import fmt_bytes
 from models.resolve import same_location
 
 from ...formatting import seconds

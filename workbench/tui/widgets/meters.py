@@ -19,7 +19,7 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Digits, Label, Sparkline, Static
 
-from engine.memory import fmt_bytes, gb
+from common.formats import fmt_bytes, gb
 
 from ...formatting import seconds
 

@@ -2,7 +2,7 @@
 
 ``mlx_lm fuse`` loads the model with the adapter, replaces each adapted layer by its
 ``fuse()`` result, optionally dequantizes, saves the folder (``mlx_lm.utils.save``) and
-optionally exports GGUF. The child (``python -m engine.train.fuse_child``) runs exactly those
+optionally exports GGUF. The child (``python -m jobs.fuse_child``) runs exactly those
 steps and prints one JSON event per line; ``FuseJob`` starts it, turns the lines back into
 ``FuseProgress`` / ``FuseFinished`` / ``FuseFailed`` and can cancel it. A crash or an
 out-of-memory there never takes the app (or its engine thread) down, and the MLX work of a
@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from engine.train.fuse_checks import (
+from jobs.fuse_checks import (
     GGUF_MODEL_TYPES,
     FuseError,
     check_adapter_for,
@@ -50,14 +50,7 @@ from engine.train.fuse_checks import (
     check_save_path,
     gguf_target,
 )
-from engine.train.fuse_events import (
-    FuseEvent,
-    FuseFailed,
-    FuseFinished,
-    FuseProgress,
-    from_json,
-    to_json,
-)
+from jobs.fuse_events import FuseEvent, FuseFailed, FuseFinished, FuseProgress, from_json, to_json
 
 __all__ = [
     "CANCEL_GRACE_S", "DEFAULT_GGUF_PATH", "GGUF_MODEL_TYPES", "FuseError", "FuseEvent",
@@ -131,7 +124,7 @@ class FuseJob:
             raise FuseError(f"cannot write in {save.parent}: {exc.strerror or exc}") from None
         self._target = save
         gguf_arg = str(self._gguf_outside) if self._gguf_outside else self.gguf_path
-        cmd = [self.python, "-m", "engine.train.fuse_child", "--model", str(model),
+        cmd = [self.python, "-m", "jobs.fuse_child", "--model", str(model),
                "--adapter-path", str(adapter), "--save-path", str(self._tmp),
                "--gguf-path", gguf_arg]
         if self.dequantize:

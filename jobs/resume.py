@@ -14,9 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from models.safetensors_header import SafetensorsHeaderError, read_safetensors_header
-
-from ..errors import BadSetting
+from common.errors import BadSetting
+from common.safetensors_header import SafetensorsHeaderError, read_safetensors_header
 
 FLAG = "--resume-adapter-file"
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import memory as mem
-from ..errors import ModelTooBig
+from common import formats
+from common.errors import ModelTooBig
+from models import fit
 
 # Copies of the trainable parameters the optimizer keeps (Adam: first and second moments).
 OPTIMIZER_STATES = {"adam": 2.0, "adamw": 2.0, "muon": 1.0, "sgd": 0.0, "adafactor": 1.0}
@@ -29,7 +30,7 @@ class TrainTooBig(ModelTooBig):
 
 def available_memory() -> int:
     """What the run can count on: the system's free memory (no MLX call, any thread)."""
-    return mem.system_available_memory()
+    return fit.system_available_memory()
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,12 @@ class TrainEstimate:
     def verdict(self) -> str:
         if self.need > self.available:
             return "too-big"
-        if self.need > mem.TIGHT_FRACTION * self.available:
+        if self.need > fit.TIGHT_FRACTION * self.available:
             return "tight"
         return "fits"
 
     def message(self) -> str:
-        gb = mem.fmt_bytes
+        gb = formats.fmt_bytes
         parts = (f"training {self.name} ({self.fine_tune_type}, batch {self.batch_size} x "
                  f"{self.sequence} tokens) needs about {gb(self.need)} (weights "
                  f"{gb(self.weights)}, trainable {gb(self.trainable)} + gradients and "
@@ -139,7 +140,7 @@ def estimate(path: Path, *, fine_tune_type: str, num_layers: int, batch_size: in
              grad_checkpoint: bool, available: int | None = None, name: str | None = None
              ) -> TrainEstimate:
     cfg = model_config(path)
-    weights = sum(f.stat().st_size for f in mem.weight_files(path))
+    weights = sum(f.stat().st_size for f in fit.weight_files(path))
     n_trainable = trainable_parameters(cfg, fine_tune_type, num_layers, lora_parameters)
     dtype = str(cfg.get("torch_dtype", "bfloat16"))
     model_bytes = 4 if dtype == "float32" else 2

@@ -33,10 +33,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import BadSetting, ContextOverflow, WorkbenchError
+from common.errors import BadSetting, ContextOverflow, WorkbenchError
 from engine.events import Notice, TurnDone
 from engine.sampling import SamplingParams
-from engine.train.eval_prompts import (
+from jobs.eval_prompts import (
     MAX_PROBLEM_LINES,
     VALID_FILE,
     Messages,
@@ -44,7 +44,7 @@ from engine.train.eval_prompts import (
     load_prompts,
     prompt_file,
 )
-from engine.train.eval_report import (
+from jobs.eval_report import (
     SCHEMA,
     SCHEMA_VERSION,
     EvalCandidate,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import WorkbenchError
+from common.errors import WorkbenchError
 
 FILES = ("train", "valid", "test")
 MAX_LINES_PER_FILE = 20  # problems listed per file; the rest are counted

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from common.errors import WorkbenchError
 from engine.adapters import inspect_adapter
-from engine.errors import WorkbenchError
 
 GGUF_MODEL_TYPES = ("llama", "mixtral", "mistral")  # mlx_lm/fuse.py's list
 

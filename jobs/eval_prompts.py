@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.errors import WorkbenchError
+from common.errors import WorkbenchError
 
 Messages = list[dict[str, str]]
 

@@ -1,4 +1,4 @@
-"""The training process: ``python -m engine.train.child SPEC_JSON``.
+"""The training process: ``python -m jobs.child SPEC_JSON``.
 
 It runs mlx-lm's own trainer: the setup lines of ``mlx_lm.lora.run`` (seeds, ``load``,
 ``load_dataset``) and then ``mlx_lm.lora.train_model`` with a ``TrainingCallback``, so the

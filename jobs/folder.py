@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from ..errors import WorkbenchError
+from common.errors import WorkbenchError
 
 RECORD = "training.json"
 BEST = "best"

@@ -3,7 +3,7 @@
 ``start`` does everything that can refuse a run before any process starts: the model
 folder, the adapter folder (never one holding files the workbench did not write), the data
 (every bad record, one line each), the memory estimate. Then it starts
-``python -m engine.train.child`` and a reader thread that turns its stdout lines back into
+``python -m jobs.child`` and a reader thread that turns its stdout lines back into
 events; ``poll`` (non-blocking) and ``events`` (blocking) hand them out. The last event is
 always one ``TrainFinished`` or ``TrainFailed``, sent once the adapter folder is in its final
 state: a cancelled, crashed or killed run leaves it as it was. No MLX runs in this process:
@@ -26,7 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from ..errors import BadSetting, WorkbenchError
+from common.errors import BadSetting, WorkbenchError
+
 from . import data as train_data
 from . import estimate as est
 from .config import TrainConfig
@@ -70,7 +71,7 @@ class TrainJob:
                                             if p)
         try:
             self._proc = subprocess.Popen(
-                [self.python, "-m", "engine.train.child", json.dumps(spec)],
+                [self.python, "-m", "jobs.child", json.dumps(spec)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, encoding="utf-8", errors="replace", bufsize=1, env=env,
                 start_new_session=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadSetting
+from common.errors import BadSetting
 
 # mlx_lm/lora.py CONFIG_DEFAULTS (mlx-lm 0.32.2); tests/test_train_config.py keeps them equal.
 CONFIG_DEFAULTS: dict[str, Any] = {

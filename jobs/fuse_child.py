@@ -1,6 +1,6 @@
 """The fuse process: ``mlx_lm fuse``'s steps, one JSON event per stdout line.
 
-Run by ``FuseJob`` (engine/train/fuse.py) as ``python -m engine.train.fuse_child`` with
+Run by ``FuseJob`` (jobs/fuse.py) as ``python -m jobs.fuse_child`` with
 mlx_lm fuse's own flags. The steps are mlx_lm/fuse.py's ``main``: load the model with the
 adapter, replace every module that has ``fuse`` by its fused form, dequantize if asked,
 ``mlx_lm.utils.save``, and export GGUF if asked. Two additions: the adapter is checked
@@ -16,18 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from engine.train.fuse import (
-    DEFAULT_GGUF_PATH,
-    FuseEvent,
-    FuseFailed,
-    FuseFinished,
-    FuseProgress,
-    to_json,
-)
+from jobs.fuse import DEFAULT_GGUF_PATH, FuseEvent, FuseFailed, FuseFinished, FuseProgress, to_json
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m engine.train.fuse_child")
+    p = argparse.ArgumentParser(prog="python -m jobs.fuse_child")
     p.add_argument("--model", required=True)
     p.add_argument("--adapter-path", required=True)
     p.add_argument("--save-path", required=True)

@@ -1,6 +1,6 @@
 """Training, evaluating and fusing adapters with mlx-lm's own trainer, evaluator and fuse.
 
-Training runs in a child process (``python -m engine.train.child``) that prints one JSON
+Training runs in a child process (``python -m jobs.child``) that prints one JSON
 event per line; ``TrainJob`` (runner.py) starts it, turns the lines back into the events of
 ``events.py`` and can cancel it. A crash or an out-of-memory there never takes the app down.
 Nothing here imports textual, rich or prompt_toolkit.

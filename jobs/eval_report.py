@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import WorkbenchError
-from engine.train.eval_prompts import Messages
+from common.errors import WorkbenchError
+from jobs.eval_prompts import Messages
 
 SCHEMA = "workbench-eval"
 SCHEMA_VERSION = 1
