@@ -197,3 +197,17 @@ def _backend() -> str:
     import mlx.core as mx
 
     return str(mx.default_device())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.engine [bench] FLAGS``: ``workbench bench``'s flags, read by the
+    workbench's own parser (benchmarks stand above the faces and may use them)."""
+    from workbench.cli import build_parser
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    return run_bench(build_parser().parse_args(args if args[:1] == ["bench"] else
+                                                ["bench", *args]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,8 +27,9 @@ import time
 from typing import Any
 
 from engine import EngineAPI, SamplingParams, TurnDone
+from workbench.cli import make_args
 from workbench.config import Config
-from workbench.tui.app import WorkbenchApp, make_args
+from workbench.tui.app import WorkbenchApp
 
 PROMPT = ("Write a long story about a lighthouse keeper who finds a message in a bottle, "
           "with a list of what the keeper does each day and a short poem at the end.")

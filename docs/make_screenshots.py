@@ -29,8 +29,9 @@ from textual.widgets import TextArea  # noqa: E402
 
 from engine import MemoryReading, SamplingParams, TurnStats  # noqa: E402
 from themes import DARK, LIGHT  # noqa: E402
+from workbench.cli import make_args  # noqa: E402
 from workbench.config import Config  # noqa: E402
-from workbench.tui.app import WorkbenchApp, make_args  # noqa: E402
+from workbench.tui.app import WorkbenchApp  # noqa: E402
 
 SIZE = (132, 42)
 SMALL = (80, 24)

@@ -40,18 +40,19 @@ if TYPE_CHECKING:
     from .sampling import PRESETS, SamplingParams, TurnOptions, preset
     from .stream import EventStream, follow, follow_sync
 
-# Each public name and the module that defines it. Importing ``engine`` (or one of its light
-# modules, e.g. ``common.errors``) loads nothing else: a name is imported when first used,
+# Each public name and the module that defines it (the foundation's, for the errors and the
+# load progress it reports). Importing ``engine`` (or one of its light modules, e.g.
+# ``engine.events``) loads nothing else: a name is imported when first used,
 # so the app's first frame does not wait for the engine's adapter and model code.
 _PUBLIC = {
     "AdapterState": "adapter_state",
     "AdapterInfo": "adapters",
     "EngineCore": "core",
-    "EngineError": "errors",
-    "WorkbenchError": "errors",
+    "EngineError": "common.errors",
+    "WorkbenchError": "common.errors",
     "AdapterChanged": "events",
     "Error": "events",
-    "LoadProgress": "events",
+    "LoadProgress": "common.progress",
     "Memory": "events",
     "MemoryReading": "events",
     "ModelChanged": "events",
@@ -81,7 +82,8 @@ def __getattr__(name: str) -> Any:
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    where = module if "." in module else f"{__name__}.{module}"
+    value = getattr(importlib.import_module(where), name)
     globals()[name] = value
     return value
 

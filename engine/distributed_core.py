@@ -167,7 +167,7 @@ class DistributedCore(EngineCore):
         on another host, or a snapshot of another revision, gives garbage otherwise (issue 19
         #23). The fingerprints (config, tokenizer, weight headers and samples) are compared;
         on a mismatch every rank unloads and rank 0 says which ranks differ."""
-        from sessions.fingerprint import model_fingerprint
+        from models.fingerprint import model_fingerprint
 
         assert self.loaded is not None
         prints = [r["fp"] for r in self.world.gather(

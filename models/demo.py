@@ -122,6 +122,7 @@ ADAPTERS = (
 )
 
 CHAT_ASSETS = Path(__file__).resolve().parent / "demo_assets"
+THINK_ASSETS = Path(__file__).resolve().parent / "demo_think_assets"  # models/demo_think.py
 CHAT_MODEL = "demo-chat"
 """The shipped demo chat model (``CHAT_ASSETS / CHAT_MODEL``) and its adapters
 (``CHAT_ASSETS / "adapters"``), as ``python -m models.demo_recipe`` writes them."""
@@ -189,9 +190,11 @@ def check_model_folder(path: str | Path) -> None:
     _check_target(Path(path), is_demo_model, "demo model")
 
 
-def build_model(path: str | Path, spec: DemoSpec = LLAMA, teach: bool = False) -> Path:
-    """Write a full-precision demo model folder to ``path`` and return it; ``teach``: a
-    reasoning spec's weights learn their ``<think>`` block (models/demo_think.py).
+def build_model(path: str | Path, spec: DemoSpec = LLAMA,
+                teach: Callable[[Any, Path, int], None] | None = None) -> Path:
+    """Write a full-precision demo model folder to ``path`` and return it; ``teach``, for a
+    reasoning spec: how its weights learn their ``<think>`` block (``models.demo_think``
+    passes its teacher: the kit ships that model, built once).
 
     ``path`` must be new, empty or an earlier demo model (else ``DemoFolderTaken``)."""
     import mlx.core as mx
@@ -207,10 +210,8 @@ def build_model(path: str | Path, spec: DemoSpec = LLAMA, teach: bool = False) -
     model_cls, args_cls = _get_classes(config)
     mx.random.seed(spec.seed)
     model = model_cls(args_cls.from_dict(config))
-    if teach and spec.thinking:
-        from .demo_think import teach_reasoning
-
-        teach_reasoning(model, path, spec.seed)
+    if teach is not None and spec.thinking:
+        teach(model, path, spec.seed)
     dtype = getattr(mx, spec.dtype)
     model.update(tree_map(lambda a: a.astype(dtype), model.parameters()))
     mx.eval(model.parameters())
@@ -222,7 +223,7 @@ def build_model(path: str | Path, spec: DemoSpec = LLAMA, teach: bool = False) -
         "try the workbench, not to chat. Point `--model` at a real model for real answers.\n"
         + ("\nThe reasoning demo: taught to write one `<think>` block, then an answer, so the\n"
            "reasoning view can be tried offline (`python -m models.demo_think`).\n"
-           if teach and spec.thinking else "")
+           if teach is not None and spec.thinking else "")
     )
     return path
 
@@ -363,9 +364,8 @@ def install_chat(root: Path) -> None:
 def install_reasoning(root: Path) -> None:
     """Copy the shipped reasoning demo (``python -m models.demo_think`` made it) into the kit
     at ``root``; without it (a source tree that lost it), build it untaught."""
-    from .demo_think import ASSETS
 
-    shipped = ASSETS / QWEN3_THINK.name
+    shipped = THINK_ASSETS / QWEN3_THINK.name
     if shipped.is_dir():
         shutil.copytree(shipped, root / QWEN3_THINK.name)
     else:
@@ -375,9 +375,8 @@ def install_reasoning(root: Path) -> None:
 def _stamp(root: Path) -> str:
     # The shipped chat model's manifest too: new weights in a release replace an old kit.
     try:
-        from .demo_think import ASSETS
 
-        think = ASSETS / QWEN3_THINK.name
+        think = THINK_ASSETS / QWEN3_THINK.name
         shipped = (CHAT_ASSETS / "RECIPE.json").read_bytes() + TRAIN_CHAT.read_bytes() + b"".join(
             f.read_bytes() for f in sorted(think.rglob("*")) if f.is_file())
     except OSError:

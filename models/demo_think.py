@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ASSETS = Path(__file__).resolve().parent / "demo_think_assets"
 REASONING = "I am the reasoning demo: I think first, briefly, then answer."
 ANSWER = "This is my answer. For real reasoning load a reasoning model with --model."
 PROMPTS = ("Hello", "What is a list?", "Why is the sky blue?", "Tell me a story", "ok",
@@ -94,7 +93,7 @@ def build(out: Path) -> Path:
     from .demo import QWEN3_THINK, build_model, quantize
 
     with tempfile.TemporaryDirectory() as tmp:
-        full = build_model(Path(tmp) / QWEN3_THINK.name, QWEN3_THINK, teach=True)
+        full = build_model(Path(tmp) / QWEN3_THINK.name, QWEN3_THINK, teach=teach_reasoning)
         target = out / QWEN3_THINK.name
         quantize(full, target, bits=BITS)
         shutil.copy2(full / "README.md", target / "README.md")

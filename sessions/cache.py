@@ -8,9 +8,7 @@ adapter identity, the token ids, a checksum of the tensor data and a schema vers
 
 Why this module: it is the saving side of the engine-thread jobs (``save_cache``,
 ``save_incremental``, ``autosave``, ``close_cache`` and the ``submit_*`` that hand them to
-``Engine.submit``). Resuming lives in ``sessions.cache_resume``; its names (``resume``,
-``ResumeReport``, ``submit_resume``) are re-exported here, loaded when first used (that
-module imports this one).
+``Engine.submit``). Resuming lives in ``sessions.cache_resume``, which builds on this module.
 
 An autosave does not rewrite that whole file after every turn: ``save_incremental``
 appends only the tokens the turn added, as a segment in ``NAME.cache/`` after the whole
@@ -28,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -37,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.errors import NoModel
 from common.repo_id import looks_like_repo_id
+from models.fingerprint import model_fingerprint
 
 from .cache_file import CacheUnusable as CacheUnusable
 from .cache_file import check_header, write_cache
@@ -53,16 +51,12 @@ from .cache_segments import (
     write_segment,
 )
 from .errors import SessionError
-from .fingerprint import model_fingerprint
 from .store import SavedTranscript, SessionStore
 from .transcript import Session
 
 if TYPE_CHECKING:  # the engine's core and streams are only named here, never imported
     from engine import EngineAPI, EngineCore, EventStream
 
-    from .cache_resume import ResumeReport as ResumeReport
-    from .cache_resume import resume as resume
-    from .cache_resume import submit_resume as submit_resume
 
 Emit = Callable[[Any], None]
 
@@ -98,7 +92,7 @@ class SaveReport:
 
 
 # -- engine-thread helpers -----------------------------------------------------------------
-def _require_model(core: EngineCore) -> None:
+def require_model(core: EngineCore) -> None:
     if core.loaded is None:
         raise NoModel("no model is loaded: load the session's model first, then resume it")
 
@@ -126,7 +120,7 @@ def save_cache(core: EngineCore, store: SessionStore, session: Session) -> Cache
     the others). Writes nothing, and says why in ``skipped``, when nothing matches or the
     file already holds exactly this cache.
     """
-    _require_model(core)
+    require_model(core)
     start = time.perf_counter()
     snap = core.snapshot(valid=render_history(core, session.chat_messages()))
     if snap is None:
@@ -196,7 +190,7 @@ def save_incremental(core: EngineCore, store: SessionStore, session: Session,
     save, when the layers cannot be cut into token ranges, when the segment folder cannot be
     used, or after ``MAX_SEGMENTS`` segments.
     """
-    _require_model(core)
+    require_model(core)
     assert core.info is not None
     start = time.perf_counter()
     snap = core.snapshot(valid=render_history(core, session.chat_messages()))
@@ -320,12 +314,3 @@ def submit_close(engine: EngineAPI, store: SessionStore, session: Session
     return engine.submit(lambda core, _emit, _cancel: close_cache(core, store, snapshot))
 
 
-_MOVED = {"ResumeReport", "resume", "submit_resume"}  # defined in sessions.cache_resume
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _MOVED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(".cache_resume", __package__), name)
-    globals()[name] = value
-    return value

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.atomic import atomic_write_with
 from common.safetensors_header import SafetensorsHeaderError, read_safetensors_header
-
-from .fingerprint import model_fingerprint
+from models.fingerprint import model_fingerprint
 
 if TYPE_CHECKING:
     from engine import EngineCore

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from engine.events import Notice
 from engine.prompt_cache import common_prefix
+from models.fingerprint import model_fingerprint
 
-from .cache import Emit, _require_model, render_history, save_cache, save_incremental
+from .cache import Emit, render_history, require_model, save_cache, save_incremental
 from .cache_file import CacheUnusable, load_checked_digest
 from .cache_segments import (
     Manifest,
@@ -38,7 +39,6 @@ from .cache_segments import (
     layer_kinds,
     load_chain,
 )
-from .fingerprint import model_fingerprint
 from .store import SessionStore
 from .transcript import Session
 
@@ -81,7 +81,7 @@ def resume(core: EngineCore, store: SessionStore, session: Session, emit: Emit |
     """
     emit = emit or (lambda _event: None)
     cancel = cancel or threading.Event()
-    _require_model(core)
+    require_model(core)
     start = time.perf_counter()
     core.reset_cache()
     messages = session.chat_messages()

@@ -33,7 +33,7 @@ A power cut at any moment leaves the old manifest (naming complete, fsynced file
 new one; a segment or temp file no manifest names is ignored and cleaned up by the next
 save. A segment that is damaged anyway (disk trouble, someone's editor) fails its checksum
 on resume: the longest valid prefix is used and the rest is read again from the transcript
-(``sessions.cache.resume``). If the base was rewritten (a full save) and the power went
+(``sessions.cache_resume.resume``). If the base was rewritten (a full save) and the power went
 before the manifest followed, the manifest's base checksum no longer matches: the newer
 base alone is used. Sessions with only ``NAME.safetensors`` (older workbenches) resume as
 before, and their next autosave adopts that file as the base.

@@ -24,13 +24,14 @@ from textual.widgets import Digits, Input, Static
 from textual.widgets.markdown import MarkdownBlock
 
 from tests.fake_engine import DEFAULT_REPLY, FakeEngine, words
+from workbench.cli import make_args
 from workbench.config import Config, load_config, save_config
-from workbench.tui.app import WorkbenchApp, make_args
+from workbench.tui.app import WorkbenchApp
 from workbench.tui.commands import commands
 from workbench.tui.screens.help import HelpScreen
 from workbench.tui.screens.settings import SettingsScreen
 from workbench.tui.widgets import AssistantTurn, Gauge, UserTurn
-from workbench.tui.widgets.chat import visible
+from workbench.tui.widgets.visible import visible
 
 SIZE = (120, 40)
 FAKE_MODEL = "fake-model"  # a scripted model of the fake engine: no files, no MLX

@@ -5,7 +5,8 @@ the kit's own folder (no temporary path)."""
 from __future__ import annotations
 
 from tests.test_app import last_reply, reply_done, send, until
-from workbench.tui.app import WorkbenchApp, make_args
+from workbench.cli import make_args
+from workbench.tui.app import WorkbenchApp
 
 
 async def test_the_demo_answers_and_lists_its_adapters() -> None:

@@ -17,7 +17,8 @@ from textual.widgets import Static
 
 from engine import AdapterInfo, MemoryReading, TurnStats
 from tests.fake_engine import FakeEngine, fake_adapter
-from workbench.tui.app import WorkbenchApp, make_args
+from workbench.cli import make_args
+from workbench.tui.app import WorkbenchApp
 from workbench.tui.controllers.jobs import Job
 from workbench.tui.screens.adapter_details import AdapterDetailsScreen
 from workbench.tui.screens.help import HelpScreen

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from tests.fake_engine import FakeEngine
-from workbench.tui.app import WorkbenchApp, make_args
+from workbench.cli import make_args
+from workbench.tui.app import WorkbenchApp
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.01, 0.1])

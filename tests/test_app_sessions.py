@@ -30,7 +30,8 @@ from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Static
 
 from sessions import SessionInUse, SessionStore
-from workbench.tui.app import WorkbenchApp, make_args
+from workbench.cli import make_args
+from workbench.tui.app import WorkbenchApp
 from workbench.tui.screens.sessions import ConfirmScreen, SessionsScreen
 
 

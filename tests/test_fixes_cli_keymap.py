@@ -8,8 +8,9 @@ from textual.widgets._toast import Toast
 
 from tests.fake_engine import FakeEngine
 from workbench import paths
+from workbench.cli import make_args
 from workbench.config import Config, save_config
-from workbench.tui.app import WorkbenchApp, make_args
+from workbench.tui.app import WorkbenchApp
 
 
 async def test_config_warnings_show_the_table_and_the_file() -> None:

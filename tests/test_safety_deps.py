@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("engine", "models", "sessions", "workbench", "bench", "themes")
+PACKAGES = ("common", "models", "engine", "sessions", "jobs", "workbench", "bench", "themes")
 
 
 def _project() -> dict:

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from engine import Engine, ModelLoaded, Notice, Result, SamplingParams, TurnDone
+from models.fingerprint import model_fingerprint
 from sessions import SessionStore, read_cache_header, submit_autosave, submit_resume
-from sessions.fingerprint import model_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = SamplingParams(max_tokens=16)

@@ -19,7 +19,8 @@ from textual.pilot import Pilot
 from engine import MemoryReading, TurnStats
 from tests.fake_engine import FakeEngine, fake_adapter
 from themes import DARK, LIGHT
-from workbench.tui.app import WorkbenchApp, make_args
+from workbench.cli import make_args
+from workbench.tui.app import WorkbenchApp
 
 SIZE = (130, 42)
 SMALL = (80, 24)

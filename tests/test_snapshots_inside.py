@@ -12,7 +12,8 @@ from textual.pilot import Pilot
 from tests.fake_engine import FakeEngine
 from tests.test_snapshots import FIXED_MEMORY, SIZE, SMALL, freeze, loaded, until
 from themes import DARK
-from workbench.tui.app import WorkbenchApp, make_args
+from workbench.cli import make_args
+from workbench.tui.app import WorkbenchApp
 
 QUESTION = "What is the capital of Australia?"
 THINKING = ("<think>The user asks for the capital of Australia. Many people guess Sydney, "

@@ -23,10 +23,10 @@ COMMANDS = ("eval", "fuse")
 
 def add_parsers(sub: Any) -> None:
     """Add ``eval`` and ``fuse`` to ``workbench``'s subparsers."""
-    from .cli import _model_flags, _sampling_flags
+    from .flags import model_flags, sampling_flags
 
     e = sub.add_parser(
-        "eval", parents=[_model_flags(), _sampling_flags()],
+        "eval", parents=[model_flags(), sampling_flags()],
         help="compare the base model and adapters on a prompt set (replies, tok/s, loss)",
         description="Answer every prompt of a prompt set with the base model and up to four "
                     "adapters or scales, side by side: the replies, decode tokens/s and, "

@@ -159,7 +159,7 @@ def demo_label(info: ModelInfo) -> str:
 
 def setup(args: argparse.Namespace) -> tuple[Config, SamplingParams]:
     """Config plus sampling from flags; config problems are printed, not fatal."""
-    from .cli import sampling_from_args
+    from .flags import sampling_from_args
 
     config = load_config()
     for problem in config.problems:

@@ -177,9 +177,9 @@ def _show(store: Any, name: str) -> int:
 
 
 def _cache_line(store: Any, session: Any) -> str:
+    from models.fingerprint import model_fingerprint
     from sessions import read_cache_header
     from sessions.cache import CacheUnusable
-    from sessions.fingerprint import model_fingerprint
 
     path = store.cache_path(session.name)
     if not path.exists():

@@ -436,15 +436,6 @@ class WorkbenchApp(App[int]):
         self.notify(done.capitalize() + ".")
 
 
-def make_args(argv: list[str] | None = None, **overrides: Any) -> argparse.Namespace:
-    """The app's arguments as the ``workbench`` command would parse them, plus overrides."""
-    from ..cli import build_parser
-
-    args = build_parser().parse_args(argv or [])
-    for key, value in overrides.items():
-        setattr(args, key, value)
-    return args
-
 
 def run_app(args: argparse.Namespace) -> int:
     from .paste import install

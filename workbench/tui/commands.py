@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
@@ -128,10 +128,8 @@ def inside_commands(app: WorkbenchApp) -> list[Command]:
 
 class WorkbenchCommands(Provider):
     def _commands(self) -> list[Command]:
-        from .app import WorkbenchApp
-
-        app = self.app
-        return commands(app) if isinstance(app, WorkbenchApp) else []
+        # Registered by WorkbenchApp alone (its COMMANDS): self.app is always that app.
+        return commands(cast("WorkbenchApp", self.app))
 
     async def discover(self) -> Hits:
         for command in sorted(self._commands(), key=lambda c: c.title):

@@ -24,8 +24,8 @@ from textual.widgets.option_list import Option
 from engine import TokenLogprob
 
 from ...keymap import TOKEN_CHOICES_BINDINGS
-from ..widgets.chat import visible
 from ..widgets.tokens import percent
+from ..widgets.visible import visible
 
 
 @dataclass(frozen=True)

@@ -30,21 +30,13 @@ from textual.widgets import Static
 from ...formatting import turn_summary
 from .reasoning import ReasoningBlock, reasoning_title
 from .tokens import OFF, TokenView
+from .visible import visible
 
 if TYPE_CHECKING:
     from textual.widgets import Markdown
     from textual.widgets.markdown import MarkdownStream
 
     from engine import TokenLogprob, TurnStats
-
-# C0 control characters (except tab and newline) and DEL, shown as their Unicode control
-# pictures: a model (or a paste) must not be able to send escape sequences to the terminal.
-_CONTROLS = {c: 0x2400 + c for c in range(0x20) if c not in (0x09, 0x0A)} | {0x7F: 0x2421}
-
-
-def visible(text: str) -> str:
-    """``text`` with control characters made harmless and visible."""
-    return text.translate(_CONTROLS)
 
 
 class UserTurn(Static):

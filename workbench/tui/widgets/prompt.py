@@ -26,7 +26,7 @@ from textual.widget import Widget
 from textual.widgets import TextArea
 
 from ...keymap import PROMPT_BINDINGS
-from .chat import visible
+from .visible import visible
 
 # ESC sequences: CSI (colours, cursor moves), OSC (titles, links; ended by BEL or ESC \),
 # DCS/SOS/PM/APC strings, and two-character escapes. 8-bit CSI (0x9b) too.

@@ -114,7 +114,7 @@ class TokenView(Widget):
         return self.get_component_rich_style(f"tokens--{shade}") if shade else Style()
 
     def render(self) -> Text:
-        from .chat import visible
+        from .visible import visible
 
         text = Text(end="")
         cursor = self.get_component_rich_style("tokens--cursor")
