@@ -200,12 +200,22 @@ class SessionController:
             self._saves_in_flight -= 1
             if self._saves_in_flight == 0:
                 self._saves_idle.set()
+            self._show_store_notices()
         session.updated = report.transcript.saved_at
         session.title = session.title or report.title
         if self.session is session:
             self._saved_at = time.time()
             self._dirty = self._saves_in_flight > 0
             self._show_status()
+
+    def _show_store_notices(self) -> None:
+        """What the store had to do to keep the user's files (a version changed on disk kept
+        aside, the folder made private), one notification each."""
+        if self.store is None:
+            return
+        for notice in self.store.take_notices():
+            self.app.notify(notice, title="Session", severity="warning", timeout=15,
+                            markup=False)
 
     @property
     def saved(self) -> bool:
