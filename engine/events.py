@@ -48,10 +48,12 @@ class ModelInfo:
     is_demo: bool = False
     adapter: str | None = None
     world: WorldInfo | None = None  # distributed mode only (issue 14): the ranks and split
-    # The chat template writes <think> blocks (a reasoning model), and takes the
-    # ``enable_thinking`` switch.
+    # The tokenizer has reasoning markers (mlx-lm's ``has_thinking``: a reasoning model),
+    # and the chat template takes the ``enable_thinking`` switch; ``tool_calls``: it has
+    # tool-call markers and a parser for them (mlx-lm's ``has_tool_calling``).
     reasoning: bool = False
     thinking_switch: bool = False
+    tool_calls: bool = False
     # What the chosen context costs (engine/speculative.py, memory.py): the context in
     # tokens (--max-kv-size or the model's), its KV cache in bytes at the KV settings, the
     # KV quantization ("" = full precision, else e.g. "8-bit"), and the draft model's name.
@@ -84,8 +86,9 @@ class PrefillProgress:
 class TokenText:
     """A piece of reply text (one or more tokens' worth) with the running decode rate.
 
-    ``kind`` is "answer", or "reasoning" for the text of a ``<think>`` block (tags
-    removed; ``TurnDone.text`` keeps the reply as the model wrote it)."""
+    ``kind`` is "answer", "reasoning" for the text of a reasoning block (``<think>`` or the
+    tokenizer's own markers), or "tool" for the text of a tool call; markers removed
+    (engine/text_state.py; ``TurnDone.text`` keeps the reply as the model wrote it)."""
 
     text: str
     generated: int
@@ -207,9 +210,24 @@ class TurnStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call the reply made, read by the tokenizer's ``tool_parser`` (mlx-lm's).
+    ``text`` is the call as written between the markers; ``name`` is "" when the parser
+    could not read it (e.g. the reply was cut off inside the call)."""
+
+    name: str
+    arguments: Any
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "arguments": self.arguments, "text": self.text}
+
+
+@dataclass(frozen=True, slots=True)
 class TurnDone:
     text: str
     stats: TurnStats
+    tool_calls: tuple[ToolCall, ...] = ()  # in the order the reply made them
 
     def payload(self) -> TurnDone:
         return self

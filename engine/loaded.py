@@ -78,8 +78,10 @@ def hide_special_tokens(tokenizer: Any) -> None:
 
 
 def describe(name: str, path: Path, model: Any, config: dict[str, Any], weight_bytes: int,
-             load_time_s: float, chat_template: str = "") -> ModelInfo:
-    """The facts the UI shows about a loaded model (parameters, bits, context...)."""
+             load_time_s: float, tokenizer: Any = None) -> ModelInfo:
+    """The facts the UI shows about a loaded model (parameters, bits, context...). Whether
+    it reasons or calls tools is what mlx-lm's tokenizer says (its markers, found in the
+    vocabulary and the template: engine/text_state.py splits replies on them)."""
     from mlx_lm.utils import compute_bits_per_weight, get_total_parameters
 
     from models.demo import is_demo_model
@@ -97,9 +99,15 @@ def describe(name: str, path: Path, model: Any, config: dict[str, Any], weight_b
         context_length=int(context),
         load_time_s=round(load_time_s, 3),
         is_demo=is_demo_model(path),
-        reasoning="<think>" in chat_template or "</think>" in chat_template,
-        thinking_switch="enable_thinking" in chat_template,
+        reasoning=bool(getattr(tokenizer, "has_thinking", False)),
+        thinking_switch="enable_thinking" in _template(tokenizer),
+        tool_calls=bool(getattr(tokenizer, "has_tool_calling", False)),
     )
+
+
+def _template(tokenizer: Any) -> str:
+    template = getattr(tokenizer, "chat_template", None)
+    return template if isinstance(template, str) else ""
 
 
 @dataclass
@@ -154,10 +162,8 @@ class LoadedModel:
             raise WorkbenchError(f"{path.name} cannot be loaded: {first_line(exc)}") from None
         mx.reset_peak_memory()
         hide_special_tokens(tokenizer)
-        template = getattr(tokenizer, "chat_template", None)
         info = describe(display_name(spec, path), path, model, config, weight_bytes,
-                        time.perf_counter() - start,
-                        template if isinstance(template, str) else "")
+                        time.perf_counter() - start, tokenizer)
         return cls(model, tokenizer, config, info)
 
     # -- prompts -------------------------------------------------------------------------

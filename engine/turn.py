@@ -38,7 +38,6 @@ from .events import (
 )
 from .loaded import LoadedModel
 from .prompt_cache import CacheKey, CacheSlot, PromptCaches, common_prefix
-from .reasoning import ReasoningSplitter, prompt_opens_reasoning
 from .sampling import SamplingParams, TurnOptions, make_sampler_and_processors, mask_tokens
 from .speculative import (
     MLX_PREFILL_STEP,
@@ -50,6 +49,7 @@ from .speculative import (
     maybe_quantize,
     speculation_blocker,
 )
+from .text_state import TextSegments, parse_tool_calls
 
 MEMORY_EVENT_INTERVAL_S = 0.25
 DEFAULT_PREFILL_STEP = 512  # the first chunk; later ones are sized by time (ChunkSizer)
@@ -180,7 +180,8 @@ def run_turn(loaded: LoadedModel, caches: PromptCaches, key: CacheKey,
     limit = limit or loaded.context_limit(None)
     template_args = options.template_args or None
     forced = list(options.reply_prefix)
-    prompt = loaded.render(messages, template_args=template_args) + forced
+    rendered = loaded.render(messages, template_args=template_args)
+    prompt = rendered + forced
     if len(prompt) >= limit:
         raise ContextOverflow(
             f"the conversation is {len(prompt)} tokens and the context holds {limit}: "
@@ -209,8 +210,7 @@ def run_turn(loaded: LoadedModel, caches: PromptCaches, key: CacheKey,
     mx.reset_peak_memory()
 
     forced_text = tokenizer.decode(forced) if forced else ""
-    splitter = ReasoningSplitter(inside=prompt_opens_reasoning(
-        tokenizer.decode(prompt[-8:])))
+    segments = TextSegments.for_turn(tokenizer, rendered)
     todo = prompt[reused:-1]  # the last prompt token starts the decode
     decoding = decoding or DecodingSettings()
     kv = decoding.kv if decoding.kv.on else None
@@ -232,10 +232,10 @@ def run_turn(loaded: LoadedModel, caches: PromptCaches, key: CacheKey,
 
     def split(text: str, count: int, drafted: int = 0) -> Iterator[TokenText]:
         nonlocal reasoning_tokens, reasoning_s
-        was_inside = splitter.inside
-        for kind, piece in splitter.feed(text):
+        was_inside = segments.state == "reasoning"
+        for kind, piece in segments.feed(text):
             yield TokenText(piece, count, decode_tps, kind, drafted)
-        if was_inside and not splitter.inside:
+        if was_inside and segments.state != "reasoning":
             reasoning_tokens, reasoning_s = count, time.perf_counter() - decode_start
 
     prefill_start = time.perf_counter()
@@ -282,7 +282,7 @@ def run_turn(loaded: LoadedModel, caches: PromptCaches, key: CacheKey,
                     yield Memory(memory())
                 if cancel.is_set():
                     break
-            for kind, piece in splitter.flush():
+            for kind, piece in segments.flush():
                 yield TokenText(piece, len(generated), decode_tps, kind)
             if generated:
                 slot.tokens = prompt + generated
@@ -294,7 +294,7 @@ def run_turn(loaded: LoadedModel, caches: PromptCaches, key: CacheKey,
     slot.reconcile()
     if dslot is not None:
         dslot.reconcile()
-    if splitter.inside:  # the reply ended inside its reasoning
+    if segments.state == "reasoning":  # the reply ended inside its reasoning
         reasoning_tokens, reasoning_s = len(generated), time.perf_counter() - decode_start
     if finish == "length" and context_cut:
         finish = "context"
@@ -322,7 +322,7 @@ def run_turn(loaded: LoadedModel, caches: PromptCaches, key: CacheKey,
     )
     if memory is not None:
         yield Memory(memory())
-    yield TurnDone("".join(pieces), stats)
+    yield TurnDone("".join(pieces), stats, parse_tool_calls(tokenizer, segments.tool_texts))
 
 
 def _speculation_blocker(mode: str, slot: CacheSlot, draft: DraftModel | None,

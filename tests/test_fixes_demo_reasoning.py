@@ -50,7 +50,7 @@ def test_the_reasoning_demo_thinks_then_answers(demo_kit) -> None:
 
 
 def test_the_shipped_reasoning_demo_is_small() -> None:
-    from models.demo_think import ASSETS
+    from models.demo import THINK_ASSETS as ASSETS
 
     files = [p for p in ASSETS.rglob("*") if p.is_file()]
     assert files and sum(p.stat().st_size for p in files) < 400_000

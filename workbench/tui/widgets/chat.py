@@ -231,10 +231,11 @@ class AssistantTurn(Vertical):
 
     async def show_text(self, text: str, stats: TurnStats | None = None) -> None:
         """Show a whole reply at once (a restored conversation, a kept comparison): a
-        ``<think>`` block in it goes to its own block, folded."""
-        from engine.reasoning import CLOSE, OPEN, split_reasoning
+        reasoning block in it (``<think>`` or another model's markers) goes to its own block,
+        folded."""
+        from engine.reasoning import ends_a_block, split_reasoning
 
-        thoughts, answer = split_reasoning(text, inside=CLOSE in text and OPEN not in text)
+        thoughts, answer = split_reasoning(text, inside=ends_a_block(text))
         self._pieces[:] = [answer]
         self._thoughts[:] = [thoughts] if thoughts else []
         self.tokens.clear()  # a whole text: its tokens, if known, are given after
