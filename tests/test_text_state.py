@@ -148,3 +148,30 @@ def test_a_model_with_other_reasoning_markers_is_split_too(longcat_model) -> Non
     assert ours["reasoning"] and not ours["tools"] and not ours["done"].tool_calls
     # the saved reply reads back the same way, without a tokenizer
     assert split_reasoning(ours["done"].text)[0] == "A different marker."
+
+
+# A DeepSeek-R1-style template: the generation prompt opens the reasoning block, so the reply
+# starts inside it (mlx-lm's server starts its state machine in "reasoning" then).
+OPENS_BLOCK = CHAT_TEMPLATE + "{% if add_generation_prompt %}{{ '<think>\\n' }}{% endif %}"
+
+
+def test_line_mode_jsonl_splits_a_reply_that_starts_inside_its_reasoning(
+        tmp_path_factory) -> None:
+    import json
+    import subprocess
+    import sys
+
+    path = _marked_model(tmp_path_factory.mktemp("opens") / "opens", ["<think>", "</think>"],
+                         OPENS_BLOCK)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "chat", "--plain", "--jsonl", "--model",
+         str(path), "--max-tokens", str(MAX), "--temp", "0"],
+        input="What time is it?\n", capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    reply = next(o for o in map(json.loads, proc.stdout.splitlines()) if o.get("role"))
+    ref = on_reference_thread(lambda: _reference(path, []))
+    assert reply["content"] == ref["text"]
+    labelled = {kind: "".join(t for k, t in _runs(ref["labels"]) if k == kind)
+                for kind in ("reasoning", "answer")}
+    assert labelled["reasoning"]  # mlx-lm reads the reply as reasoning
+    assert (reply["reasoning"], reply["answer"]) == (labelled["reasoning"], labelled["answer"])

@@ -24,7 +24,6 @@ from engine import (
     TurnStats,
     follow_sync,
 )
-from engine.reasoning import split_reasoning
 from engine.sampling import parse_value, preset
 from sessions import (
     Session,
@@ -349,11 +348,10 @@ class PlainChat:
         stream = self.engine.chat(self.conv.engine_messages(), self.conv.params,
                                   options=self.conv.turn_options(self.logprobs))
         probs: list[dict[str, object]] = []
-        reasoning: list[str] = []
+        kinds: dict[str, list[str]] = {}  # the reply's text by kind, as the engine labelled it
 
         def piece(event: TokenText) -> None:
-            if event.kind == "reasoning":
-                reasoning.append(event.text)
+            kinds.setdefault(event.kind, []).append(event.text)
             self.out.reply_piece(event.text, event.kind)
 
         try:
@@ -372,8 +370,11 @@ class PlainChat:
             "adapter": stats.adapter, "scale": stats.scale,
             "cache_reused": stats.reused_tokens > 0, "prefilled_tokens": stats.prefill_tokens,
         }
-        if reasoning:
-            extra["reasoning"], extra["answer"] = split_reasoning(done.text)
+        if "reasoning" in kinds:  # as streamed: a block the template opened counts too
+            extra["reasoning"] = "".join(kinds["reasoning"])
+            extra["answer"] = "".join(kinds.get("answer", ()))
+        if done.tool_calls:
+            extra["tool_calls"] = [call.to_dict() for call in done.tool_calls]
         if self.logprobs:
             extra["logprobs"] = probs
         for index in (len(self.conv.messages) - 1, len(self.conv.messages) - 2):
