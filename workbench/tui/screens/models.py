@@ -32,6 +32,7 @@ from models.resolve import same_location
 
 from ...keymap import MODELS_BINDINGS
 from ..controllers.jobs import JOB_REPAINT_S, Job
+from ..widgets.columns_hint import ColumnsHint
 
 if TYPE_CHECKING:
     from models.catalog import ModelEntry, PartialDownload
@@ -178,6 +179,7 @@ class ModelsScreen(ModalScreen[str | None]):
             table: DataTable[str] = DataTable(id="models-table", cursor_type="row",
                                               zebra_stripes=True)
             yield table
+            yield ColumnsHint(table, id="models-columns")
             yield Static("looking for models…", id="models-details", markup=False)
             with Horizontal(id="models-download-row"):
                 yield Label("Open or download", classes="section")
@@ -196,6 +198,9 @@ class ModelsScreen(ModalScreen[str | None]):
     @property
     def table(self) -> DataTable[str]:
         return self.query_one("#models-table", DataTable)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self.query_one("#models-columns", ColumnsHint).check)
 
     def on_mount(self) -> None:
         self.table.add_columns("", "model", "params", "bits", "size", "context", "fits",

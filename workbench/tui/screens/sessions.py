@@ -24,6 +24,7 @@ from common.formats import fmt_bytes
 from sessions import SessionStore, SessionSummary
 
 from ...keymap import SESSIONS_BINDINGS
+from ..widgets.columns_hint import ColumnsHint
 
 FORM_LABELS = {
     "rename": "New name for {name} (Enter renames, Esc cancels)",
@@ -160,6 +161,7 @@ class SessionsScreen(ModalScreen[None]):
             table: DataTable[str] = DataTable(id="sessions-table", cursor_type="row",
                                               zebra_stripes=True)
             yield table
+            yield ColumnsHint(table, id="sessions-columns")
             with Horizontal(id="sessions-form"):
                 yield Label("", id="sessions-form-label")
                 yield Input(id="sessions-form-input", compact=True)
@@ -170,6 +172,9 @@ class SessionsScreen(ModalScreen[None]):
     @property
     def table(self) -> DataTable[str]:
         return self.query_one("#sessions-table", DataTable)
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self.query_one("#sessions-columns", ColumnsHint).check)
 
     def on_mount(self) -> None:
         self.table.add_columns("", "name", "title", "model", "adapter", "turns",
