@@ -2,9 +2,11 @@
 
 Training runs in a child process (``python -m jobs.child``) that prints one JSON
 event per line; ``TrainJob`` (runner.py) starts it, turns the lines back into the events of
-``events.py`` and can cancel it. A crash or an out-of-memory there never takes the app down.
+``events.py`` and can cancel it, through the one channel every child job uses
+(``channel.py``), as ``FuseJob`` does. A crash or an out-of-memory there never takes the app down.
 Nothing here imports textual, rich or prompt_toolkit.
 
+    channel.py   ChildJob: spawn, one versioned codec, stderr tail, cancel, out of memory
     config.py    TrainConfig: mlx-lm's lora keys and defaults, PRESETS, from_args/to_mlx_args
     data.py      the data folder's checks (one line per bad record); sessions -> examples
     estimate.py  the memory a run needs, checked before it starts

@@ -7,8 +7,8 @@ itself drops the callback it is given in mlx-lm 0.32.) The callback turns mlx-lm
 into events, keeps the best checkpoint by validation loss (``best/``), and stops the run
 early after ``patience`` validations without a new best.
 
-Events go to the original stdout as JSON lines (``events.to_json``); everything mlx-lm and
-MLX print goes to stderr (fd 1 is pointed there). The run trains into a staging folder;
+Events go to the original stdout as JSON lines (``channel.event_writer``); everything
+mlx-lm and MLX print goes to stderr (fd 1 is pointed there). The run trains into a staging folder;
 ``training.json`` is written there and the folder is moved into place at the very end
 (``folder.Staging``), so a killed run never leaves a half-written adapter folder. The child
 stops when its stdin closes (the parent is gone).
@@ -23,14 +23,15 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .channel import event_writer, out_of_memory
 from .events import (
+    CODEC,
     TrainEvent,
     TrainFailed,
     TrainFinished,
@@ -38,7 +39,6 @@ from .events import (
     TrainProgress,
     TrainStarted,
     ValProgress,
-    to_json,
 )
 from .folder import BEST, MARK, RECORD, Staging, files_of
 
@@ -282,21 +282,9 @@ def _swap(staging: Staging, announce: Callable[[], None]) -> None:
         os._exit(0)  # the run had finished: the parent asked too late to stop it
 
 
-def _watch_parent() -> None:
-    """End the run when the parent goes away (its end of our stdin closes)."""
-    try:  # the raw descriptor: a buffered read would hold a lock at interpreter exit
-        while os.read(0, 4096):
-            pass
-    except OSError:
-        pass
-    os.kill(os.getpid(), signal.SIGTERM)
-
-
 def _failure(exc: BaseException) -> TrainFailed:
     line = _first_line(exc)
-    lowered = line.lower()
-    if isinstance(exc, MemoryError) or "bad_alloc" in lowered or "out of memory" in lowered \
-            or "unable to allocate" in lowered:
+    if out_of_memory(exc):
         return TrainFailed(f"training ran out of memory ({line}): lower --batch-size or "
                            "--max-seq-length, or add --grad-checkpoint", "memory")
     if isinstance(exc, ValueError):
@@ -309,15 +297,7 @@ def _failure(exc: BaseException) -> TrainFailed:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    events = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
-    os.dup2(2, 1)  # whatever mlx-lm, MLX or transformers print goes to stderr
-    sys.stdout = sys.stderr
-
-    def emit(event: TrainEvent) -> None:
-        events.write(to_json(event) + "\n")
-        events.flush()
-
-    threading.Thread(target=_watch_parent, name="parent-watch", daemon=True).start()
+    emit = event_writer(CODEC)  # mlx-lm, MLX and transformers print to stderr
     try:
         spec = json.loads(argv[0])
         train(spec, emit)

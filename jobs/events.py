@@ -1,11 +1,12 @@
 """What a training run reports: small frozen events, sent by the child process as JSON lines
-(``to_json``) and read back by ``TrainJob`` (``from_json``)."""
+(``to_json``) and read back by ``TrainJob`` (``from_json``), through the jobs' one codec
+(``channel.Codec``: versioned, and a line it cannot read raises)."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+
+from .channel import Codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,23 +75,14 @@ class TrainFailed:
 
 
 TrainEvent = TrainStarted | TrainProgress | ValProgress | TrainNotice | TrainFinished | TrainFailed
-_KINDS: dict[str, type] = {cls.__name__: cls for cls in (
-    TrainStarted, TrainProgress, ValProgress, TrainNotice, TrainFinished, TrainFailed)}
+CODEC = Codec("training", 1, TrainStarted, TrainProgress, ValProgress, TrainNotice,
+              TrainFinished, TrainFailed)
 
 
 def to_json(event: TrainEvent) -> str:
-    return json.dumps({"event": type(event).__name__, **asdict(event)})
+    return CODEC.encode(event)
 
 
-def from_json(line: str) -> TrainEvent | None:
-    """The event on one line of the child's output, or None for a line that is not one."""
-    try:
-        data: dict[str, Any] = json.loads(line)
-        cls = _KINDS[data.pop("event")]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    names = {f.name for f in fields(cls)}
-    try:
-        return cls(**{k: v for k, v in data.items() if k in names})  # type: ignore[no-any-return]
-    except TypeError:
-        return None
+def from_json(line: str) -> TrainEvent:
+    """The event on one line of the child's output; ``ProtocolError`` if it is not one."""
+    return CODEC.decode(line)  # type: ignore[no-any-return]

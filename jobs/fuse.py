@@ -10,10 +10,11 @@ fuse does not stall a chat.
 
 Nothing is ever overwritten: the save path must be new or an empty folder; the child writes
 into a hidden folder beside it, renamed into place at the end, so a cancelled or failed
-fuse leaves nothing that looks like a model. The fused folder is an ordinary model folder:
-``workbench --model OUT`` loads it. (To have the models screen list it, the face that
-started the fuse registers the folder, ``workbench.recent.add_model_folder``, as
-``workbench quantize`` does.)
+fuse leaves nothing that looks like a model. The child's life (spawn, events, cancel,
+out of memory) is the jobs' one channel, ``channel.ChildJob``. The fused folder is an
+ordinary model folder: ``workbench --model OUT`` loads it. (To have the models screen list
+it, the face that started the fuse registers the folder,
+``workbench.recent.add_model_folder``, as ``workbench quantize`` does.)
 
 GGUF: mlx-lm exports llama, mistral and mixtral only, and only from unquantized weights
 (a quantized base needs ``dequantize``); both are refused before anything starts.
@@ -26,22 +27,14 @@ Nothing here imports MLX, textual, rich or prompt_toolkit.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import os
-import queue
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-import weakref
-from collections import deque
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+from common.errors import WorkbenchError
+from jobs.channel import CANCEL_GRACE_S, ChildJob, Ended
 from jobs.fuse_checks import (
     GGUF_MODEL_TYPES,
     FuseError,
@@ -50,7 +43,15 @@ from jobs.fuse_checks import (
     check_save_path,
     gguf_target,
 )
-from jobs.fuse_events import FuseEvent, FuseFailed, FuseFinished, FuseProgress, from_json, to_json
+from jobs.fuse_events import (
+    CODEC,
+    FuseEvent,
+    FuseFailed,
+    FuseFinished,
+    FuseProgress,
+    from_json,
+    to_json,
+)
 
 __all__ = [
     "CANCEL_GRACE_S", "DEFAULT_GGUF_PATH", "GGUF_MODEL_TYPES", "FuseError", "FuseEvent",
@@ -59,31 +60,23 @@ __all__ = [
 ]
 
 DEFAULT_GGUF_PATH = "ggml-model-f16.gguf"  # mlx_lm fuse's --gguf-path default
-CANCEL_GRACE_S = 5.0
-_ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the engine package
+KEPT = "nothing was written"
 
 
-# -- the job --------------------------------------------------------------------------------
+class FuseJob(ChildJob[FuseFinished | FuseFailed]):
+    """One fuse, in a child process (``channel.ChildJob``). ``start()`` checks and launches;
+    read events from ``stream``, with ``poll()`` (no waiting) or ``events()`` (blocking);
+    ``cancel()`` stops it."""
 
-_running: weakref.WeakSet[FuseJob] = weakref.WeakSet()
-
-
-@atexit.register
-def _cancel_all() -> None:
-    """A fuse does not outlive the app that started it (nor leave its partial folder)."""
-    for job in list(_running):
-        job.cancel()
-        job.wait(CANCEL_GRACE_S)
-
-
-class FuseJob:
-    """One fuse, in a child process. ``start()`` checks and launches; read events with
-    ``poll()`` (no waiting) or ``events()`` (blocking); ``cancel()`` stops it."""
+    codec = CODEC
+    finals = (FuseFinished, FuseFailed)
+    what = "the fuse process"
 
     def __init__(self, model: str, adapter_path: str, save_path: str, *,
                  dequantize: bool = False, export_gguf: bool = False,
                  gguf_path: str = DEFAULT_GGUF_PATH, trust_remote_code: bool = False,
                  python: str | None = None) -> None:
+        super().__init__(python)
         self.model = model
         self.adapter_path = adapter_path
         self.save_path = save_path
@@ -91,17 +84,10 @@ class FuseJob:
         self.export_gguf = export_gguf
         self.gguf_path = gguf_path
         self.trust_remote_code = trust_remote_code
-        self.python = python or sys.executable
-        self._proc: subprocess.Popen[str] | None = None
-        self._events: queue.Queue[Any] = queue.Queue()
-        self._stderr: deque[str] = deque(maxlen=40)
         self._tmp: Path | None = None
         self._target: Path | None = None
         self._gguf_outside: Path | None = None
         self._started = 0.0
-        self._cancelled = threading.Event()
-        self._done = threading.Event()
-        self._final: FuseFinished | FuseFailed | None = None
 
     # -- starting ------------------------------------------------------------------------
     def _check(self) -> tuple[Path, Path, Path]:
@@ -124,75 +110,35 @@ class FuseJob:
             raise FuseError(f"cannot write in {save.parent}: {exc.strerror or exc}") from None
         self._target = save
         gguf_arg = str(self._gguf_outside) if self._gguf_outside else self.gguf_path
-        cmd = [self.python, "-m", "jobs.fuse_child", "--model", str(model),
-               "--adapter-path", str(adapter), "--save-path", str(self._tmp),
-               "--gguf-path", gguf_arg]
-        if self.dequantize:
-            cmd.append("--dequantize")
-        if self.export_gguf:
-            cmd.append("--export-gguf")
-        if self.trust_remote_code:
-            cmd.append("--trust-remote-code")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(_ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        env["PYTHONUNBUFFERED"] = "1"
+        args = ["--model", str(model), "--adapter-path", str(adapter), "--save-path",
+                str(self._tmp), "--gguf-path", gguf_arg]
+        args += [flag for flag, on in (("--dequantize", self.dequantize),
+                                       ("--export-gguf", self.export_gguf),
+                                       ("--trust-remote-code", self.trust_remote_code)) if on]
         self._started = time.perf_counter()
+        self.stream.put(FuseProgress("start", f"fusing {adapter.name} into {model.name}"))
         try:
-            self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          stdin=subprocess.DEVNULL, text=True, env=env)
-        except OSError as exc:
+            self._spawn("jobs.fuse_child", args)
+        except WorkbenchError as exc:
             self._cleanup()
-            raise FuseError(f"cannot start the fuse process: {exc.strerror or exc}") from None
-        _running.add(self)
-        self._events.put(FuseProgress("start", f"fusing {adapter.name} into {model.name}"))
-        threading.Thread(target=self._read_stderr, name="fuse-stderr", daemon=True).start()
-        threading.Thread(target=self._read_stdout, name="fuse-stdout", daemon=True).start()
+            raise FuseError(str(exc)) from None
 
     # -- the child's output --------------------------------------------------------------
-    def _read_stderr(self) -> None:
-        assert self._proc is not None and self._proc.stderr is not None
-        for line in self._proc.stderr:
-            if line.strip():
-                self._stderr.append(line.rstrip())
-
-    def _read_stdout(self) -> None:
-        proc = self._proc
-        assert proc is not None and proc.stdout is not None
-        child_final: FuseFinished | FuseFailed | None = None
-        try:
-            for line in proc.stdout:
-                event = from_json(line)
-                if isinstance(event, FuseProgress):
-                    self._events.put(event)
-                elif isinstance(event, FuseFinished | FuseFailed):
-                    child_final = event
-            proc.wait()
-            final = self._conclude(proc.returncode, child_final)
-        except Exception as exc:  # noqa: BLE001 - the job must always end with an event
-            final = FuseFailed(f"the fuse could not be finished: {exc}", "crashed")
-        self._finish(final)
-
-    def _conclude(self, code: int, child: FuseFinished | FuseFailed | None
+    def _conclude(self, child: FuseFinished | FuseFailed | None, ended: Ended
                   ) -> FuseFinished | FuseFailed:
-        if self._cancelled.is_set():
-            return FuseFailed("fuse cancelled: nothing was written", "cancelled")
-        if isinstance(child, FuseFailed):
+        if ended.cancelled:
+            return FuseFailed(f"fuse cancelled: {KEPT}", "cancelled")
+        if isinstance(child, FuseFailed) and ended.protocol_error is None:
             return child
-        if not isinstance(child, FuseFinished) or code != 0:
-            return FuseFailed(self._crash_line(code), "memory" if code in (-9, 137) else
-                              "crashed")
+        if not isinstance(child, FuseFinished) or ended.code != 0 or ended.protocol_error:
+            line, kind = self.crash_line(ended, KEPT)
+            if kind == "memory" or "killed by SIGKILL" in line:
+                line += "; close other programs or fuse on a machine with more memory"
+            return FuseFailed(line, kind)
         return self._move_into_place()
 
-    def _crash_line(self, code: int) -> str:
-        last = next((ln for ln in reversed(self._stderr)
-                     if ln.strip() and not ln.startswith(" ")), "")
-        if code in (-9, 137):
-            return ("the fuse process was killed (out of memory?): nothing was written; close "
-                    "other programs or fuse on a machine with more memory")
-        return (f"the fuse process ended unexpectedly (exit {code})"
-                + (f": {last}" if last else "") + ": nothing was written")
+    def _failed(self, message: str, kind: str) -> FuseFailed:
+        return FuseFailed(message, kind)
 
     def _move_into_place(self) -> FuseFinished | FuseFailed:
         assert self._tmp is not None and self._target is not None
@@ -216,9 +162,7 @@ class FuseJob:
     def _finish(self, final: FuseFinished | FuseFailed) -> None:
         if isinstance(final, FuseFailed):
             self._cleanup()
-        self._final = final
-        self._events.put(final)
-        self._done.set()
+        super()._finish(final)
 
     def _cleanup(self) -> None:
         if self._tmp is not None:
@@ -229,55 +173,3 @@ class FuseJob:
             with contextlib.suppress(OSError):
                 if outside.is_file():
                     outside.unlink()
-
-    # -- the consumer's side -------------------------------------------------------------
-    def poll(self) -> list[object]:
-        """The events that arrived since the last call, without waiting; the last one is
-        ``FuseFinished`` or ``FuseFailed`` once the job has ended."""
-        out: list[object] = []
-        while True:
-            try:
-                out.append(self._events.get_nowait())
-            except queue.Empty:
-                return out
-
-    def events(self, timeout: float | None = None) -> Iterator[object]:
-        """Every event as it arrives, the final one last. With ``timeout``, stop (without a
-        final event) after that many seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                event = self._events.get(timeout=wait)
-            except queue.Empty:
-                return
-            yield event
-            if isinstance(event, FuseFinished | FuseFailed):
-                return
-
-    def wait(self, timeout: float | None = None) -> FuseFinished | FuseFailed | None:
-        """Block until the job ends; its final event (None on timeout)."""
-        self._done.wait(timeout)
-        return self._final
-
-    def cancel(self) -> None:
-        """Stop the child (terminate, then kill after a grace period); nothing is kept."""
-        proc = self._proc
-        if proc is None or self._done.is_set():
-            return
-        self._cancelled.set()
-        with contextlib.suppress(OSError):
-            proc.terminate()
-        try:
-            proc.wait(CANCEL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(OSError):
-                proc.kill()
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    @property
-    def final(self) -> FuseFinished | FuseFailed | None:
-        return self._final

@@ -1,4 +1,5 @@
-"""The fuse process: ``mlx_lm fuse``'s steps, one JSON event per stdout line.
+"""The fuse process: ``mlx_lm fuse``'s steps, one JSON event per stdout line
+(``channel.event_writer``).
 
 Run by ``FuseJob`` (jobs/fuse.py) as ``python -m jobs.fuse_child`` with
 mlx_lm fuse's own flags. The steps are mlx_lm/fuse.py's ``main``: load the model with the
@@ -14,9 +15,11 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from jobs.fuse import DEFAULT_GGUF_PATH, FuseEvent, FuseFailed, FuseFinished, FuseProgress, to_json
+from jobs.channel import event_writer, out_of_memory
+from jobs.fuse import DEFAULT_GGUF_PATH
+from jobs.fuse_events import CODEC, FuseFailed, FuseFinished, FuseProgress
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,27 +96,23 @@ def _first_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    out: TextIO = sys.stdout
-    sys.stdout = sys.stderr  # mlx-lm prints progress: keep stdout for the events
-
-    def say(event: FuseEvent) -> None:
-        out.write(to_json(event) + "\n")
-        out.flush()
-
     args = parse_args(argv)
+    say = event_writer(CODEC)  # mlx-lm prints progress: stdout is kept for the events
     start = time.perf_counter()
     try:
         fuse(args, say)
     except _Refused as exc:
         say(FuseFailed(str(exc), exc.kind))
         return 1
-    except MemoryError:
-        say(FuseFailed("out of memory while fusing: nothing was written; close other "
-                       "programs or fuse on a machine with more memory", "memory"))
-        return 1
-    except (ValueError, FileNotFoundError, NotImplementedError) as exc:
-        say(FuseFailed(f"mlx-lm cannot fuse this: {_first_line(exc)}", "model"))
-        return 1
+    except Exception as exc:
+        if out_of_memory(exc):
+            say(FuseFailed("out of memory while fusing: nothing was written; close other "
+                           "programs or fuse on a machine with more memory", "memory"))
+            return 1
+        if isinstance(exc, ValueError | FileNotFoundError | NotImplementedError):
+            say(FuseFailed(f"mlx-lm cannot fuse this: {_first_line(exc)}", "model"))
+            return 1
+        raise
     say(FuseFinished(str(args.save_path), round(time.perf_counter() - start, 3)))
     return 0
 

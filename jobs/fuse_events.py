@@ -2,14 +2,15 @@
 
 Its own module because it is the protocol between two processes: the child
 (``fuse_child.py``) writes these lines and ``FuseJob`` (``fuse.py``) reads them back, and the
-faces match on the same classes. Nothing here imports MLX, textual, rich or prompt_toolkit.
+faces match on the same classes. The lines are ``channel.Codec``'s: versioned, and one it
+cannot read raises. Nothing here imports MLX, textual, rich or prompt_toolkit.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+
+from .channel import Codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,19 +43,13 @@ class FuseFailed:
 
 
 FuseEvent = FuseProgress | FuseFinished | FuseFailed
-_KINDS: dict[str, type] = {c.__name__: c for c in (FuseProgress, FuseFinished, FuseFailed)}
+CODEC = Codec("fuse", 1, FuseProgress, FuseFinished, FuseFailed)
 
 
 def to_json(event: FuseEvent) -> str:
-    return json.dumps({"event": type(event).__name__, **asdict(event)})
+    return CODEC.encode(event)
 
 
-def from_json(line: str) -> FuseEvent | None:
-    """The event on one line of the child's output, or None for a line that is not one."""
-    try:
-        data: dict[str, Any] = json.loads(line)
-        cls = _KINDS[data.pop("event")]
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})  # type: ignore[no-any-return]
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
+def from_json(line: str) -> FuseEvent:
+    """The event on one line of the child's output; ``ProtocolError`` if it is not one."""
+    return CODEC.decode(line)  # type: ignore[no-any-return]

@@ -3,8 +3,9 @@
 ``start`` does everything that can refuse a run before any process starts: the model
 folder, the adapter folder (never one holding files the workbench did not write), the data
 (every bad record, one line each), the memory estimate. Then it starts
-``python -m jobs.child`` and a reader thread that turns its stdout lines back into
-events; ``poll`` (non-blocking) and ``events`` (blocking) hand them out. The last event is
+``python -m jobs.child`` through the jobs' one channel (``channel.ChildJob``: its events in
+``stream``, or ``poll`` (non-blocking) and ``events`` (blocking); one cancel policy, one
+out-of-memory rule). The last event is
 always one ``TrainFinished`` or ``TrainFailed``, sent once the adapter folder is in its final
 state: a cancelled, crashed or killed run leaves it as it was. No MLX runs in this process:
 any thread may use a ``TrainJob``.
@@ -12,149 +13,53 @@ any thread may use a ``TrainJob``.
 
 from __future__ import annotations
 
-import collections
 import json
-import os
-import queue
-import signal
-import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from common.errors import BadSetting, WorkbenchError
 
 from . import data as train_data
 from . import estimate as est
+from .channel import ChildJob, Ended
 from .config import TrainConfig
-from .events import TrainEvent, TrainFailed, TrainFinished, TrainNotice, from_json
+from .events import CODEC, TrainFailed, TrainFinished, TrainNotice
 from .folder import DATA, Staging, check_target, recover
 from .resume import check_resume_file
 
-ROOT = Path(__file__).resolve().parents[2]  # the folder that holds the engine package
-KILL_AFTER_S = 10.0  # a cancelled child that has not ended by then is killed
-_MEMORY_WORDS = ("bad_alloc", "out of memory", "unable to allocate", "memoryerror")
 
+class TrainJob(ChildJob[TrainFinished | TrainFailed]):
+    """One run of mlx-lm's trainer for ``config``, in a child process (``channel.ChildJob``:
+    ``stream``, ``poll``/``events``/``wait``, ``cancel``, ``log_tail``)."""
 
-class TrainJob:
-    """One run of mlx-lm's trainer for ``config``, in a child process."""
+    codec = CODEC
+    finals = (TrainFinished, TrainFailed)
+    what = "the training process"
 
     def __init__(self, config: TrainConfig, *, python: str = sys.executable) -> None:
+        super().__init__(python)
         self.config = config
-        self.python = python
-        self._queue: queue.Queue[TrainEvent] = queue.Queue()
-        self._final: TrainFinished | TrainFailed | None = None
-        self._final_sent = False
-        self._proc: subprocess.Popen[str] | None = None
         self._staging: Staging | None = None
-        self._cancelled = threading.Event()
-        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=60)
-        self._lock = threading.Lock()
-        self._stderr_reader: threading.Thread | None = None
         self.adapter_path: Path | None = None
         self.estimate: est.TrainEstimate | None = None
         self.data: train_data.DataSummary | None = None
 
-    # -- the interface -------------------------------------------------------------------
     def start(self) -> None:
         """Check everything, then start the child. Raises a one-line ``WorkbenchError`` when
         the run is refused (nothing is written then)."""
         if self._proc is not None:
             raise WorkbenchError("this training job has been started already")
         spec = self._prepare()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH"))
-                                            if p)
         try:
-            self._proc = subprocess.Popen(
-                [self.python, "-m", "jobs.child", json.dumps(spec)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, encoding="utf-8", errors="replace", bufsize=1, env=env,
-                start_new_session=True)
-        except OSError as exc:
+            self._spawn("jobs.child", [json.dumps(spec)])
+        except WorkbenchError:
             self._abandon()
-            raise WorkbenchError(f"the training process could not start ({exc.strerror or exc}):"
-                                 f" check {self.python}") from None
-        assert self._proc.stdout is not None and self._proc.stderr is not None
-        self._stderr_reader = threading.Thread(
-            target=self._read_stderr, args=(self._proc.stderr,), name="train-stderr",
-            daemon=True)
-        self._stderr_reader.start()
-        threading.Thread(target=self._read_events, args=(self._proc.stdout,),
-                         name="train-events", daemon=True).start()
+            raise
 
-    def poll(self) -> list[TrainEvent]:
-        """The events that arrived since the last call (never waits)."""
-        out: list[TrainEvent] = []
-        while True:
-            try:
-                out.append(self._queue.get_nowait())
-            except queue.Empty:
-                return out
-
-    def events(self, timeout: float | None = None) -> Iterator[TrainEvent]:
-        """Events as they arrive, ending after ``TrainFinished``/``TrainFailed``. ``timeout``:
-        the longest wait for one event; when it passes the iterator ends (the run goes on)."""
-        while True:
-            if self._final_sent and self._queue.empty():
-                return
-            try:
-                event = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                return
-            yield event
-            if isinstance(event, TrainFinished | TrainFailed):
-                return
-
-    def cancel(self) -> None:
-        """Stop the child; the run ends with ``TrainFailed(kind="cancelled")`` (unless it had
-        already finished) and the adapter folder stays as it was."""
-        proc = self._proc
-        if proc is None or self._final is not None:
-            return
-        self._cancelled.set()
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except (ProcessLookupError, OSError):
-            return
-
-        def kill_later() -> None:
-            try:
-                proc.wait(KILL_AFTER_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-        threading.Thread(target=kill_later, name="train-kill", daemon=True).start()
-
-    @property
-    def done(self) -> bool:
-        return self._final is not None
-
-    @property
-    def final(self) -> TrainFinished | TrainFailed | None:
-        return self._final
-
-    # -- extras --------------------------------------------------------------------------
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    def log_tail(self) -> list[str]:
-        """The child's last lines of stderr (mlx-lm's own output, tracebacks)."""
-        return list(self._stderr_tail)
-
-    def wait(self, timeout: float | None = None) -> TrainFinished | TrainFailed | None:
-        """Block until the run has ended (events are left for ``poll``/``events``)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._final is None:
-            if deadline is not None and time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        return self._final
+    def _note(self, line: str) -> None:
+        self.stream.put(TrainNotice(line))
 
     # -- before the child --------------------------------------------------------------
     def _prepare(self) -> dict[str, Any]:
@@ -173,7 +78,7 @@ class TrainJob:
         model_path = resolve_model(str(cfg.model), lambda _event: None)
         out = Path(cfg.adapter_path).expanduser().absolute()
         for line in recover(out):
-            self._queue.put(TrainNotice(line))
+            self._note(line)
         check_target(out)
         model_cfg = est.model_config(model_path)
         layers = model_cfg.get("num_hidden_layers")
@@ -209,7 +114,7 @@ class TrainJob:
                 grad_checkpoint=cfg.grad_checkpoint, name=model_path.name)
             est.check(report)
             if report.verdict == "tight":
-                self._queue.put(TrainNotice(report.message()))
+                self._note(report.message())
             if self._staging is None:
                 _create(staging)
                 self._staging = staging
@@ -243,8 +148,7 @@ class TrainJob:
             found = train_data.session_examples(session, only_good=cfg.only_good)
             if not found:
                 what = "no reply marked good or edited" if cfg.only_good else "no reply"
-                self._queue.put(TrainNotice(f"session {session.name!r} has {what}: it adds "
-                                            "no examples"))
+                self._note(f"session {session.name!r} has {what}: it adds no examples")
             examples += found
         if not examples:
             what = "replies marked good or edited" if cfg.only_good else "replies"
@@ -255,9 +159,9 @@ class TrainJob:
                                         at_least=cfg.batch_size)
         share = round(len(examples) * float(cfg.valid_share))
         if valid and len(valid) > max(share, 1):
-            self._queue.put(TrainNotice(
+            self._note(
                 f"validation takes whole batches: {len(valid)} examples held out (valid_share "
-                f"{cfg.valid_share} gives {share}), one batch of {cfg.batch_size}"))
+                f"{cfg.valid_share} gives {share}), one batch of {cfg.batch_size}")
         if len(train) < cfg.batch_size:
             raise train_data.TrainDataError(
                 f"the sessions give {len(train)} training examples, fewer than batch_size "
@@ -267,72 +171,36 @@ class TrainJob:
                 f"the sessions give {len(valid)} validation examples (valid_share "
                 f"{cfg.valid_share}), fewer than batch_size {cfg.batch_size}: raise "
                 "--valid-share, lower --batch-size, or give --valid-share 0 (no validation)")
-        self._queue.put(TrainNotice(f"{len(examples)} examples from {len(sessions)} "
-                                    f"session{'s' if len(sessions) != 1 else ''}: {len(train)} "
-                                    f"to train on, {len(valid)} to validate"))
+        self._note(f"{len(examples)} examples from {len(sessions)} "
+                   f"session{'s' if len(sessions) != 1 else ''}: {len(train)} "
+                   f"to train on, {len(valid)} to validate")
         return train_data.write_folder(folder, train, valid)
 
     def _abandon(self) -> None:
         if self._staging is not None:
             self._staging.abandon()
 
-    # -- the child's output ------------------------------------------------------------
-    def _read_stderr(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._stderr_tail.append(line.rstrip("\n"))
-
-    def _read_events(self, stream: IO[str]) -> None:
-        child_final: TrainFinished | TrainFailed | None = None
-        for line in stream:
-            event = from_json(line)
-            if event is None:
-                continue
-            if isinstance(event, TrainFinished | TrainFailed):
-                child_final = event
-            else:
-                self._queue.put(event)
-        proc = self._proc
-        assert proc is not None
-        code = proc.wait()
-        if self._stderr_reader is not None:
-            self._stderr_reader.join(5.0)  # its last lines may say why the child ended
-        final = self._settle(child_final, code)
-        with self._lock:  # queued first: whoever sees ``done`` finds it in the next poll
-            self._queue.put(final)
-            self._final_sent = True
-            self._final = final
-        if proc.stdin is not None:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-
-    def _settle(self, child_final: TrainFinished | TrainFailed | None, code: int
-                ) -> TrainFinished | TrainFailed:
+    # -- how it ended ---------------------------------------------------------------------
+    def _conclude(self, child_final: TrainFinished | TrainFailed | None, ended: Ended
+                  ) -> TrainFinished | TrainFailed:
         """The run's last event, once the adapter folder is as it must stay."""
-        if isinstance(child_final, TrainFinished):
+        if isinstance(child_final, TrainFinished) and ended.protocol_error is None:
             return child_final
         self._abandon()
-        if self._cancelled.is_set():
+        if ended.cancelled:
             return TrainFailed("training cancelled: the adapter folder was left as it was",
                                "cancelled")
         if child_final is not None:
             return child_final
-        tail = " ".join(self._stderr_tail).lower()
-        if any(word in tail for word in _MEMORY_WORDS):
-            return TrainFailed("training ran out of memory: lower --batch-size or "
-                               "--max-seq-length, or add --grad-checkpoint (the adapter folder "
-                               "was left as it was)", "memory")
-        if code < 0:
-            name = _signal_name(-code)
-            hint = (" (the system may have run out of memory: lower --batch-size or "
-                    "--max-seq-length)" if -code == signal.SIGKILL else "")
-            return TrainFailed(f"the training process was killed by {name}{hint}; the adapter "
-                               "folder was left as it was", "crashed")
-        last = next((line for line in reversed(self._stderr_tail) if line.strip()), "")
-        return TrainFailed(f"the training process ended with exit code {code}"
-                           f"{f' ({last.strip()[:200]})' if last else ''}; the adapter folder "
-                           "was left as it was", "crashed")
+        line, kind = self.crash_line(ended, "the adapter folder was left as it was")
+        if kind == "memory":
+            line = ("training ran out of memory: lower --batch-size or --max-seq-length, or "
+                    "add --grad-checkpoint (the adapter folder was left as it was)")
+        return TrainFailed(line, kind)
+
+    def _failed(self, message: str, kind: str) -> TrainFailed:
+        self._abandon()
+        return TrainFailed(message, kind)
 
 
 def _create(staging: Staging) -> None:
@@ -341,13 +209,6 @@ def _create(staging: Staging) -> None:
     except OSError as exc:
         raise WorkbenchError(f"cannot write beside {staging.out} ({exc.strerror or exc}): give "
                              "an --adapter-path in a folder you can write to") from None
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 def _load_tokenizer(model_path: Path, model_cfg: dict[str, Any], trust_remote_code: bool) -> Any:

@@ -1,7 +1,7 @@
 """Scripted stand-ins for the training and fuse child jobs (``jobs.runner.TrainJob``,
 ``jobs.fuse.FuseJob``), for the app's tests, snapshots and docs screenshots.
 
-``FakeJob`` keeps their consumer's side (``start``/``poll``/``cancel``/``done``/``final``)
+``FakeJob`` keeps their consumer's side (``start``/``stream``/``cancel``/``done``/``final``)
 and says exactly what it is fed (``feed``); ``Jobs`` is the factory the app's training
 controller is given (``app.training.train_job = Jobs()``), keeping each job it made.
 ``curve`` is a plausible run (loss falling, validation every 50 iterations) with fixed
@@ -11,11 +11,12 @@ numbers, for pictures that only change when the app does.
 from __future__ import annotations
 
 import math
-import queue
 import threading
 from typing import Any
 
 from common.errors import WorkbenchError
+from engine.events import Result
+from jobs.channel import JobStream
 from jobs.events import TrainFailed, TrainFinished, TrainProgress, TrainStarted, ValProgress
 from jobs.fuse import FuseFailed, FuseFinished
 
@@ -23,8 +24,9 @@ FINALS = (TrainFinished, TrainFailed, FuseFinished, FuseFailed)
 
 
 class FakeJob:
-    """A child job that says what the test feeds it (``feed``); ``cancel`` ends it with
-    ``cancelled``. ``refuse`` makes ``start`` raise, as a failed check does."""
+    """A child job that says what the test feeds it (``feed``) on its ``stream``, as
+    ``jobs.channel.ChildJob`` does (the final event as its ``Result``); ``cancel`` ends it
+    with ``cancelled``. ``refuse`` makes ``start`` raise, as a failed check does."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.args, self.kwargs = args, kwargs
@@ -32,9 +34,8 @@ class FakeJob:
         self.refuse: str | None = None
         self.started = threading.Event()
         self.cancelled = threading.Event()
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self.stream: JobStream[Any] = JobStream(on_cancel=self.cancel)
         self._final: Any = None
-        self._done = False
 
     def start(self) -> None:
         if self.refuse:
@@ -43,16 +44,12 @@ class FakeJob:
 
     def feed(self, *events: Any) -> None:
         for event in events:
-            self._queue.put(event)
-
-    def poll(self) -> list[Any]:
-        out = []
-        while not self._queue.empty():
-            event = self._queue.get_nowait()
-            out.append(event)
             if isinstance(event, FINALS):
-                self._final, self._done = event, True
-        return out
+                if self._final is None:
+                    self._final = event
+                    self.stream.put(Result(event))
+            else:
+                self.stream.put(event)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -63,7 +60,7 @@ class FakeJob:
 
     @property
     def done(self) -> bool:
-        return self._done and self._queue.empty()
+        return self._final is not None
 
     @property
     def final(self) -> Any:

@@ -12,6 +12,7 @@ import pytest
 
 from common.errors import BadSetting
 from jobs import events as ev
+from jobs.channel import ProtocolError
 from jobs.config import CONFIG_DEFAULTS, PRESETS, TrainConfig, read_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +85,8 @@ def test_events_round_trip_through_json():
     ]
     for event in events:
         assert ev.from_json(ev.to_json(event)) == event
-    assert ev.from_json("not json") is None
+    with pytest.raises(ProtocolError):
+        ev.from_json("not json")
 
 
 def test_training_modules_import_no_ui_library():

@@ -1,19 +1,18 @@
-"""The watching of a child-process job from the app: one thread worker, batched messages.
+"""The watching of a child-process job from the app: one awaited stream, batched messages.
 
 Training and fusing run in child processes (``jobs.runner.TrainJob``,
-``jobs.fuse.FuseJob``), never on the engine thread. Each job is watched by a thread
-worker (``pump``) that starts it (its checks may take a while), polls it without blocking
-and posts what it said as one ``JobEvents`` message at most every ``POST_EVERY_S``: the UI
-thread never waits on the child, and the curves repaint a few times a second however often
-the trainer reports. Its own module because the training and the fuse controllers
-(``training.py``, ``fusing.py``) share it, with the small helpers of their lines
+``jobs.fuse.FuseJob``, both ``jobs.channel.ChildJob``), never on the engine thread. Each job
+is watched by an asyncio worker (``watch``) that starts it in a thread (its checks may take
+a while), then awaits its ``stream`` as every engine request is awaited: each batch of what
+arrived since the last wake-up is posted as one ``JobEvents`` message, so nothing polls and
+the UI thread never waits on the child. Its own module because the training and the fuse
+controllers (``training.py``, ``fusing.py``) share it, with the small helpers of their lines
 (``first_line``, ``duration``) and of their new folders (``unique_folder``).
 """
 
 from __future__ import annotations
 
-import threading
-import time
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,79 +21,52 @@ from typing import Any, Protocol
 from textual.message import Message
 
 from common.errors import WorkbenchError
-
-POST_EVERY_S = 0.25  # a job's events reach the UI at most four times a second
-POLL_S = 0.05  # how often the watching thread asks the child for news
-CANCEL_WAIT_S = 10.0  # after a cancel, how long the thread waits for the job to end
+from engine.events import Result
+from engine.stream import EventStream
+from jobs.channel import unwrapped
 
 
 class ChildJob(Protocol):
     """What ``TrainJob`` and ``FuseJob`` have in common (and the tests' fakes keep)."""
 
+    @property
+    def stream(self) -> EventStream[Any]: ...
+
     def start(self) -> None: ...
 
-    def poll(self) -> list[Any]: ...
-
     def cancel(self) -> None: ...
-
-    @property
-    def done(self) -> bool: ...
-
-    @property
-    def final(self) -> Any: ...
 
 
 @dataclass
 class JobEvents(Message):
-    """What a child job said since the last message (posted from its watching thread)."""
+    """What a child job said since the last message."""
 
     kind: str  # "train" | "fuse"
     events: tuple[Any, ...]
     ended: bool  # the job is over: the last of its events is how it ended
 
 
-def pump(post: Callable[[Message], Any], kind: str, job: ChildJob, cancel: threading.Event,
-         refused: Callable[[str, str], Any]) -> None:
-    """Start ``job`` and relay its events to ``post`` in batches until it ends (a thread
+async def watch(post: Callable[[Message], Any], kind: str, job: ChildJob,
+                refused: Callable[[str, str], Any]) -> None:
+    """Start ``job`` and relay its events to ``post`` in batches until it ends (an asyncio
     worker's body). A ``WorkbenchError`` from ``start`` ends it with ``refused(message,
-    kind)``; ``cancel`` set asks the job to stop."""
+    kind)``; a worker cancelled before the job ended (the app closing) cancels the job."""
     try:
-        job.start()
+        await asyncio.to_thread(job.start)
     except WorkbenchError as exc:
         post(JobEvents(kind, (refused(first_line(str(exc)), exc.kind),), True))
         return
     except Exception as exc:  # noqa: BLE001 - a bug in the job must not kill the app
         post(JobEvents(kind, (refused(f"{type(exc).__name__}: {exc}", "crashed"),), True))
         return
-    pending: list[Any] = []
-    seen: set[type] = set()  # the kinds of event polled so far
-    last_post = 0.0
-    cancelled_at: float | None = None
-    while True:
-        if cancel.is_set() and cancelled_at is None:
-            cancelled_at = time.monotonic()
-            try:
-                job.cancel()
-            except Exception as exc:  # noqa: BLE001
-                pending.append(refused(f"could not stop the job: {exc}", "crashed"))
-        done = job.done  # before the poll: once done, that poll drains the rest
-        polled = job.poll()
-        seen.update(type(e) for e in polled)
-        pending.extend(polled)
-        if done or (cancelled_at is not None
-                    and time.monotonic() - cancelled_at > CANCEL_WAIT_S):
-            final = job.final
-            if final is not None and type(final) not in seen:
-                pending.append(final)  # said only through ``final``
-            if final is None:
-                pending.append(refused("the job stopped without saying how", "crashed"))
-            post(JobEvents(kind, tuple(pending), True))
-            return
-        now = time.monotonic()
-        if pending and now - last_post >= POST_EVERY_S:
-            post(JobEvents(kind, tuple(pending), False))
-            pending, last_post = [], now
-        time.sleep(POLL_S)
+    ended = False
+    try:
+        async for batch in job.stream.batches():
+            ended = isinstance(batch[-1], Result)
+            post(JobEvents(kind, tuple(unwrapped(batch)), ended))
+    finally:
+        if not ended:
+            job.cancel()
 
 
 def first_line(text: str) -> str:

@@ -3,26 +3,25 @@ thread.
 
 ``FuseController`` owns the app's fuse job (``fuse``, a ``FuseRun``): at most one, started
 from the Fuse screen, run by ``jobs.fuse.FuseJob`` in a child process (never on the
-engine thread, so the chat goes on meanwhile) and watched by the shared ``pump`` worker
-(``child_jobs.py``). The job class is a parameter, so the tests run the app on scripted
-fakes. A fused model is remembered as a model folder, so it shows in the models screen; how
-the fuse ended is one notification. Its own module because a fuse is a job of its own, apart
-from training (``training.py``, which hands the app's fuse requests on to it).
+engine thread, so the chat goes on meanwhile) and watched by the shared ``watch`` worker
+(``child_jobs.py``), which awaits its stream. The job class is a parameter, so the tests
+run the app on scripted fakes. A fused model is remembered as a model folder, so it shows in
+the models screen; how the fuse ended is one notification. Its own module because a fuse is
+a job of its own, apart from training (``training.py``, which hands the app's fuse requests
+on to it).
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.errors import WorkbenchError
 
 from ... import recent
-from .child_jobs import ChildJob, JobEvents, duration, first_line, pump, unique_folder
+from .child_jobs import ChildJob, JobEvents, duration, first_line, unique_folder, watch
 
 if TYPE_CHECKING:
     from ..app import WorkbenchApp
@@ -37,7 +36,6 @@ class FuseRun:
     state: str = "running"  # running | done | failed | cancelled
     message: str = "starting…"
     final: Any = None
-    cancel: threading.Event = field(default_factory=threading.Event)
     job: Any = None
 
     @property
@@ -119,14 +117,13 @@ class FuseController:
             return first_line(str(exc))
         self.fuse = FuseRun(adapter_name, adapter_path, model, str(target), job=job)
         self.app.run_worker(
-            partial(pump, self.app.post_message, "fuse", job, self.fuse.cancel, _fuse_refused),
-            thread=True, group="fuse", exclusive=True, exit_on_error=False,
-            description="fuse an adapter")
+            watch(self.app.post_message, "fuse", job, _fuse_refused),
+            group="fuse", exclusive=True, exit_on_error=False, description="fuse an adapter")
         return None
 
     def cancel_fuse(self) -> None:
         if self.fuse is not None and self.fuse.running:
-            self.fuse.cancel.set()
+            self.fuse.job.cancel()
             self.fuse.message = "cancelling…"
             self._show_fuse()
 

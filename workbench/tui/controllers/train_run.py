@@ -8,7 +8,6 @@ read one, without a controller.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,8 +34,7 @@ class TrainRun:
     val_points: list[tuple[int, float]] = field(default_factory=list)
     notice: str = ""
     final: TrainFinished | TrainFailed | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
-    job: Any = None  # the ChildJob (its watching thread is the one that talks to it)
+    job: Any = None  # the ChildJob
     used: bool = False  # "Use it now" was pressed
 
     @property

@@ -3,8 +3,8 @@
 ``TrainingController`` owns the app's training run (``run``, a ``TrainRun``, in
 ``train_run.py``). It runs in a child process (``jobs.runner.TrainJob``), never on
 the engine thread, so the chat goes on meanwhile (slower: the child uses the same GPU), and
-is watched by the shared ``pump`` worker (``child_jobs.py``). The job class is a parameter,
-so the tests run the app on scripted fakes.
+is watched by the shared ``watch`` worker (``child_jobs.py``), which awaits its stream. The
+job class is a parameter, so the tests run the app on scripted fakes.
 
 When a run finishes, its adapter folder is added to the Adapters pane (listed and checked
 again) and can be used at once ("Use it now" on the Train screen). A failed or cancelled
@@ -14,30 +14,19 @@ It is also the app's one way in to the jobs about adapters (``app.training``): t
 is ``fusing`` (a ``FuseController``, ``fusing.py``) and the Eval screen ``evaluation`` (an
 ``EvalController``, ``evaluation.py``); ``fuse``, ``fuse_job``, ``evaluate`` and the
 ``open_``/``start_``/``cancel_`` methods below hand on to them, and the names that used to
-live here (``JobEvents``, ``pump``, ``TrainRun``, ``FuseRun``...) are importable from here.
+live here (``JobEvents``, ``watch``, ``TrainRun``, ``FuseRun``...) are importable from here.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.errors import WorkbenchError
 
-from .child_jobs import (
-    CANCEL_WAIT_S,
-    POLL_S,
-    POST_EVERY_S,
-    ChildJob,
-    JobEvents,
-    duration,
-    first_line,
-    pump,
-    unique_folder,
-)
+from .child_jobs import ChildJob, JobEvents, duration, first_line, unique_folder, watch
 from .evaluation import EvalController
 from .fusing import FuseController, FuseJobFactory, FuseRun
 from .train_run import TrainRun
@@ -46,9 +35,8 @@ if TYPE_CHECKING:
     from ..app import WorkbenchApp
 
 __all__ = [
-    "CANCEL_WAIT_S", "POLL_S", "POST_EVERY_S", "ChildJob", "FuseJobFactory", "FuseRun",
-    "JobEvents", "TrainJobFactory", "TrainRun", "TrainingController", "duration",
-    "first_line", "pump", "unique_folder",
+    "ChildJob", "FuseJobFactory", "FuseRun", "JobEvents", "TrainJobFactory", "TrainRun",
+    "TrainingController", "duration", "first_line", "unique_folder", "watch",
 ]
 
 TrainJobFactory = Callable[[Any], ChildJob]
@@ -121,23 +109,25 @@ class TrainingController:
         run = TrainRun(config, str(getattr(config, "adapter_path", "") or ""), job=job)
         self.run = run
         self.app.run_worker(
-            partial(pump, self.app.post_message, "train", job, run.cancel, _train_refused),
-            thread=True, group="train", exclusive=True, exit_on_error=False,
-            description="train an adapter")
+            watch(self.app.post_message, "train", job, _train_refused),
+            group="train", exclusive=True, exit_on_error=False, description="train an adapter")
         self._show()
         return None
 
     def cancel(self) -> None:
         if self.run is not None and self.run.running:
-            self.run.cancel.set()
+            self.run.job.cancel()
             self.run.notice = "cancelling…"
             self._show()
 
     def cancel_all(self) -> None:
-        """Ask the children to stop (their watching threads end them)."""
-        for job in (self.run, self.fuse):
-            if job is not None and job.running:
-                job.cancel.set()
+        """Ask the children to stop (``cancel`` never waits: SIGTERM, then a kill later)."""
+        for run in (self.run, self.fuse):
+            if run is not None and run.running and run.job is not None:
+                try:
+                    run.job.cancel()
+                except Exception:  # noqa: BLE001 - at exit: stop what can be stopped
+                    pass
 
     def running_work(self) -> str | None:
         """What quitting now would stop and lose (a training run, a fuse), in words."""
@@ -151,16 +141,8 @@ class TrainingController:
         return None
 
     def stop_all(self) -> None:
-        """At exit, off the event loop: stop the children now, not when their watching
-        threads next look (the process may be gone by then, and a child left running would
-        go on training). A job's ``cancel`` may wait a little for the child."""
+        """At exit: stop the children now (a child left running would go on training)."""
         self.cancel_all()
-        for run in (self.run, self.fuse):
-            if run is not None and run.running and run.job is not None:
-                try:
-                    run.job.cancel()
-                except Exception:  # noqa: BLE001 - at exit: stop what can be stopped
-                    pass
 
     def arrived(self, message: JobEvents) -> None:
         """A batch of a job's events (on the UI thread)."""
