@@ -267,9 +267,10 @@ class ChatController:
         if reply is None:
             self.app.notify("There is no reply to copy yet.", severity="warning")
             return
-        from engine.reasoning import split_reasoning
+        from engine.reasoning import ends_a_block, split_reasoning
 
-        text = split_reasoning(reply.content)[1] or reply.content  # the answer, if it thought
+        answer = split_reasoning(reply.content, inside=ends_a_block(reply.content))[1]
+        text = answer or reply.content  # the answer, if it thought
         self.app.copy_to_clipboard(text)
         self.app.notify(f"Copied the last reply ({len(text)} characters).")
 
