@@ -175,3 +175,28 @@ def test_line_mode_jsonl_splits_a_reply_that_starts_inside_its_reasoning(
                 for kind in ("reasoning", "answer")}
     assert labelled["reasoning"]  # mlx-lm reads the reply as reasoning
     assert (reply["reasoning"], reply["answer"]) == (labelled["reasoning"], labelled["answer"])
+
+
+def test_segments_hold_markers_that_arrive_in_parts_and_start_where_the_prompt_left_off(
+        tool_model) -> None:
+    from mlx_lm.generate import TextStateMachine, make_text_state_machine
+    from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+    from engine.text_state import TextSegments, initial_state
+
+    tokenizer = load_tokenizer(tool_model)
+    machine = make_text_state_machine(tokenizer)
+    reply = THINK_AND_CALL + "\nDone."
+    for cut in range(len(reply) + 1):
+        ours = TextSegments(machine)
+        pieces = ours.feed(reply[:cut]) + ours.feed(reply[cut:]) + ours.flush()
+        state = machine.make_state("normal")
+        state, first = TextStateMachine.split(state, reply[:cut])
+        state, second = TextStateMachine.split(state, reply[cut:])
+        kinds = {"normal": "answer", "reasoning": "reasoning", "tool": "tool"}
+        assert _runs(pieces) == _runs([(kinds[s], t) for s, t in first + second]), cut
+        assert ours.tool_texts == [f"\n{CALL}\n"], cut
+    opened = tokenizer.encode("Hi<think>\n", add_special_tokens=False)
+    closed = tokenizer.encode("Hi<think>\n</think>\n\n", add_special_tokens=False)
+    assert (initial_state(tokenizer, opened), initial_state(tokenizer, closed)) == (
+        "reasoning", "normal")
