@@ -2,42 +2,43 @@
 
 A download runs in a thread worker (``models.hub.fetch_model`` does no MLX work); a
 quantization on the engine thread (``models.quantize.quantize_job``), and its new folder is
-remembered (``workbench.recent``) so that it shows in the models list. Either way the
-worker only stores the latest progress on its ``Job``: the screens and the status line read
-it on their own 10 Hz timers, so a fast download never floods the UI. How a job ended is
-said once (``JobFinished``).
+remembered (``workbench.recent``) so that it shows in the models list. Either way the job
+reports through an ``EventStream`` the app awaits (``follow``), as every engine request and
+child job does: each progress event replaces the ``Job``'s ``latest`` and repaints the
+status line (the hub reports at most 10 times a second, and a stream wakes the UI once per
+batch), and how a job ended is said once (``JobFinished``), when it ends.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.errors import WorkbenchError
-from engine import EngineError
+from engine import EngineError, EventStream
+from engine.events import Error, Result
 
 from ... import recent
 from ..messages import JobFinished
 
 if TYPE_CHECKING:
-    from textual.timer import Timer
-
-    from engine import EngineAPI, EventStream
+    from engine import EngineAPI
     from models.catalog import ModelEntry
 
     from ..app import WorkbenchApp
 
-JOB_REPAINT_S = 0.1  # the jobs' progress reaches the screen at most 10 times a second
+JOB_REPAINT_S = 0.1  # how often the screens' job panels repaint (their own timers)
 
 
 @dataclass
 class Job:
     """A download or a quantization the app runs in the background.
 
-    The worker thread (or the engine thread's events) only replaces ``latest``; the UI reads
-    it on its own timer. ``cancel`` stops the job (what a download fetched is kept).
+    Its stream's progress events replace ``latest`` (on the UI thread). ``cancel`` stops
+    the job (what a download fetched is kept).
     """
 
     kind: str  # download | quantize
@@ -81,7 +82,6 @@ class JobsController:
         self.engine = engine
         self.recommended = recommended
         self.jobs: dict[str, Job] = {}  # the latest job of each kind, running or ended
-        self._timer: Timer | None = None
 
     def job(self, kind: str) -> Job | None:
         return self.jobs.get(kind)
@@ -119,35 +119,31 @@ class JobsController:
         busy = self._busy("download")
         if busy:
             return busy
-        job = Job("download", repo)
+        stream: EventStream[Path] = EventStream()
+        job = Job("download", repo, stream.cancel_flag)
         self.jobs["download"] = job
-        self.app.run_worker(lambda: self._download(job), thread=True, group="download",
+        self.app.run_worker(partial(_fetch_into, stream, repo), thread=True, group="download",
                             exclusive=True, exit_on_error=False,
                             description="download the model")
-        self._watch()
+        self.app.run_worker(self._download(job, stream), group="download-watch",
+                            exit_on_error=False, description="show the download")
+        self._show()
         return None
 
-    @staticmethod
-    def _download(job: Job) -> None:
+    async def _download(self, job: Job, stream: EventStream[Path]) -> None:
         from common.formats import fmt_bytes
-        from models.hub import DownloadCancelled, fetch_model
-
-        def progress(p: Any) -> None:
-            job.latest = p  # the UI's timer reads it (at most 10 times a second)
+        from engine import follow
+        from models.hub import DownloadProgress
 
         try:
-            path = fetch_model(job.target, progress=progress, cancel=job.cancel)
-        except DownloadCancelled as exc:
-            job.finish("cancelled", str(exc))
-        except WorkbenchError as exc:
-            job.finish("failed", str(exc))
-        except Exception as exc:  # noqa: BLE001 - the job must end, whatever happened
-            job.finish("failed", f"download of {job.target} failed: {type(exc).__name__}: {exc}")
-        else:
-            total = job.latest.total if job.latest is not None else 0
-            size = f" ({fmt_bytes(total)})" if total else ""
-            job.finish("done", f"{job.target} downloaded{size}: Enter on it in the models "
-                       "screen loads it", path)
+            path = await follow(stream, {DownloadProgress: partial(self._progress, job)})
+        except EngineError as exc:
+            self._ended(job, "cancelled" if exc.kind == "cancelled" else "failed", str(exc))
+            return
+        total = job.latest.total if job.latest is not None else 0
+        size = f" ({fmt_bytes(total)})" if total else ""
+        self._ended(job, "done", f"{job.target} downloaded{size}: Enter on it in the models "
+                    "screen loads it", path)
 
     # -- quantizations -------------------------------------------------------------------
     def start_quantize(self, entry: ModelEntry, bits: int) -> str | None:
@@ -168,44 +164,58 @@ class JobsController:
         self.jobs["quantize"] = job
         self.app.run_worker(self._quantize(job, stream), group="quantize",
                             exit_on_error=False, description="quantize the model")
-        self._watch()
+        self._show()
         return None
 
     async def _quantize(self, job: Job, stream: EventStream[Path]) -> None:
         from engine import follow
         from models.quantize import QuantizeProgress
 
-        def progress(event: QuantizeProgress) -> None:
-            job.latest = event
-
         try:
-            path = await follow(stream, {QuantizeProgress: progress})
+            path = await follow(stream, {QuantizeProgress: partial(self._progress, job)})
         except EngineError as exc:
-            job.finish("cancelled" if exc.kind == "cancelled" else "failed", str(exc))
+            self._ended(job, "cancelled" if exc.kind == "cancelled" else "failed", str(exc))
             return
         folder = recent.add_model_folder(path)
-        job.finish("done", f"{folder.name} written ({folder}): it is in the models list now",
-                   folder)
+        self._ended(job, "done", f"{folder.name} written ({folder}): it is in the models list "
+                    "now", folder)
 
     # -- showing them --------------------------------------------------------------------
-    def _watch(self) -> None:
-        if self._timer is None:
-            self._timer = self.app.set_interval(JOB_REPAINT_S, self._tick)
+    def _progress(self, job: Job, event: Any) -> None:
+        job.latest = event
+        self._show()
 
-    def _tick(self) -> None:
-        """The running job's line in the status line; how each job ended, said once."""
-        for kind, job in list(self.jobs.items()):
-            if not job.running and not job.announced:
-                job.announced = True
-                self.app.post_message(JobFinished(kind, job.message, job.state == "done"))
+    def _ended(self, job: Job, state: str, message: str, result: Path | None = None) -> None:
+        """How ``job`` ended: kept on it, said once, and the status line updated."""
+        job.finish(state, message, result)
+        if not job.announced:
+            job.announced = True
+            self.app.post_message(JobFinished(job.kind, job.message, job.state == "done"))
+        self._show()
+
+    def _show(self) -> None:
+        """The running job's line in the status line (none once they have all ended)."""
         running = [j for j in self.jobs.values() if j.running]
         if running:
             self.app.update_status(job=running[0].line(), job_progress=running[0].amounts())
-            return
-        self.app.update_status(job="", job_progress=None)
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
+        else:
+            self.app.update_status(job="", job_progress=None)
+
+
+def _fetch_into(stream: EventStream[Path], repo: str) -> None:
+    """A download (a thread worker's body): its progress and its end, on ``stream``."""
+    from models.hub import DownloadCancelled, fetch_model
+
+    try:
+        path = fetch_model(repo, progress=stream.put, cancel=stream.cancel_flag)
+    except DownloadCancelled as exc:
+        stream.put(Error(str(exc), "cancelled"))
+    except WorkbenchError as exc:
+        stream.put(Error(str(exc), exc.kind))
+    except Exception as exc:  # noqa: BLE001 - the job must end, whatever happened
+        stream.put(Error(f"download of {repo} failed: {type(exc).__name__}: {exc}", "download"))
+    else:
+        stream.put(Result(path))
 
 
 def quantize_target(entry: ModelEntry, bits: int) -> Path:
