@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .core import EngineCore
     from .events import (
         AdapterChanged,
+        EngineState,
         Error,
         Memory,
         MemoryReading,
@@ -51,6 +52,7 @@ _PUBLIC = {
     "EngineError": "common.errors",
     "WorkbenchError": "common.errors",
     "AdapterChanged": "events",
+    "EngineState": "events",
     "Error": "events",
     "LoadProgress": "common.progress",
     "Memory": "events",
@@ -90,8 +92,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "PRESETS", "AdapterChanged", "AdapterInfo", "AdapterState", "CacheSnapshot", "Engine",
-    "EngineAPI", "EngineCore", "EngineError", "Error", "EventStream", "LoadProgress", "Memory",
-    "MemoryReading", "ModelChanged", "ModelInfo", "ModelLoaded", "Notice", "PrefillProgress",
-    "Result", "SamplingParams", "TokenLogprob", "TokenText", "TurnDone", "TurnOptions",
-    "TurnStats", "WorkbenchError", "follow", "follow_sync", "preset",
+    "EngineAPI", "EngineCore", "EngineError", "EngineState", "Error", "EventStream",
+    "LoadProgress", "Memory", "MemoryReading", "ModelChanged", "ModelInfo", "ModelLoaded",
+    "Notice", "PrefillProgress", "Result", "SamplingParams", "TokenLogprob", "TokenText",
+    "TurnDone", "TurnOptions", "TurnStats", "WorkbenchError", "follow", "follow_sync", "preset",
 ]

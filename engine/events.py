@@ -8,9 +8,13 @@ across threads. A request's stream ends with exactly one *final* event: ``ModelL
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.progress import LoadProgress
+
+if TYPE_CHECKING:
+    from .adapter_state import AdapterState
+    from .speculative import DecodingSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +272,27 @@ class AdapterChanged:
 
     state: Any
     swapped: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class EngineState:
+    """What an engine holds now, as one frozen snapshot (``EngineAPI.state``): the faces read
+    it from any thread instead of reaching into the engine, and a snapshot never changes
+    under its reader. The engine replaces it whole after every change it makes.
+
+    ``info``: the loaded model (None: none yet, or a failed load dropped it); ``adapter``: the
+    active adapter (its ``info`` None = the base model) once a model is loaded; ``decoding``:
+    the last decoding settings asked for; ``adapter_mode``: auto | fused | unfused;
+    ``draft_wanted``: the draft model loaded after each model load (None: no draft);
+    ``busy``: a request is running or queued when the snapshot was taken.
+    """
+
+    info: ModelInfo | None
+    adapter: AdapterState | None
+    decoding: DecodingSettings
+    adapter_mode: str = "unfused"
+    draft_wanted: str | None = None
+    busy: bool = False
 
 
 Event = (

@@ -1,37 +1,98 @@
 """What a face of the workbench may ask of an engine: the boundary a fake can stand behind.
 
 ``Engine`` (the real one, one MLX thread) implements it; the app's tests run on a scripted
-fake that does too (``tests/fake_engine.py``), so they need no model and no MLX numerics.
-Every method returns at once with a stream; ``subscribe`` listeners hear model and adapter
-changes whoever made them.
+fake that does too (``tests/fake_engine.py``; tests/test_engine_contract.py runs one suite
+over both), so they need no model and no MLX numerics. Every method returns at once with a
+stream; ``subscribe`` listeners hear model and adapter changes whoever made them; what the
+engine holds now is one frozen ``EngineState`` any thread may read (``state``), so no face
+reaches into an engine for an attribute that one of them may lack.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
-    from .adapter_swap import AdapterState
+    from .adapter_state import AdapterState
     from .adapters import AdapterInfo
-    from .events import MemoryReading, ModelInfo, StateEvent, TurnDone
+    from .events import EngineState, MemoryReading, ModelInfo, StateEvent, TurnDone
     from .sampling import SamplingParams, TurnOptions
     from .speculative import DecodingSettings
     from .stream import EventStream
 
 T = TypeVar("T")
+Emit = Callable[[Any], None]
+# Given to a ``with_adapter_swaps`` job: activate (path, scale) as ``use_adapter`` does, and
+# announce it (``AdapterChanged``) before returning the new state.
+AdapterSwap = Callable[[str | None, float | None], "AdapterState"]
 
 
+class StateHolder:
+    """The state half of ``EngineAPI``, shared by ``Engine`` and the test suite's fake: one
+    frozen ``EngineState``, replaced whole under a lock by whoever changes it, read from any
+    thread. The class that mixes it in has ``busy`` (``engine.requests.RequestThread``)."""
+
+    _state: EngineState
+
+    if TYPE_CHECKING:  # given by the class it is mixed into
+        @property
+        def busy(self) -> bool: ...
+
+    def _hold(self, state: EngineState) -> None:
+        self._state = state
+        self._state_lock = threading.Lock()
+
+    @property
+    def state(self) -> EngineState:
+        """What the engine holds now: model, adapter, decoding, adapter mode, draft, busy."""
+        return replace(self._state, busy=self.busy)
+
+    @property
+    def info(self) -> ModelInfo | None:
+        return self._state.info
+
+    @property
+    def adapter(self) -> AdapterState | None:
+        return self._state.adapter
+
+    @property
+    def decoding(self) -> DecodingSettings:
+        return self._state.decoding
+
+    def _set_state(self, **changes: Any) -> None:
+        with self._state_lock:
+            self._state = replace(self._state, **changes)
+
+
+@runtime_checkable
 class EngineAPI(Protocol):
-    info: ModelInfo | None  # the loaded model (any thread may read it)
-    adapter: AdapterState | None  # the active adapter once a model is loaded
+    @property
+    def state(self) -> EngineState:
+        """What the engine holds now (model, adapter, decoding, adapter mode, draft, busy)."""
+        ...
+
+    @property
+    def info(self) -> ModelInfo | None:
+        """``state.info``: the loaded model."""
+        ...
+
+    @property
+    def adapter(self) -> AdapterState | None:
+        """``state.adapter``: the active adapter once a model is loaded."""
+        ...
+
+    @property
+    def decoding(self) -> DecodingSettings:
+        """``state.decoding``: the last decoding settings asked for."""
+        ...
 
     def subscribe(self, listener: Callable[[StateEvent], None]) -> Callable[[], None]: ...
 
-    def submit(self, fn: Callable[[Any, Callable[[Any], None], threading.Event], T]
-               ) -> EventStream[T]: ...
+    def submit(self, fn: Callable[[Any, Emit, threading.Event], T]) -> EventStream[T]: ...
 
     def load(self, model: str, adapter: str | None = None) -> EventStream[ModelInfo]: ...
 
@@ -47,6 +108,13 @@ class EngineAPI(Protocol):
                     ) -> EventStream[AdapterState]: ...
 
     def set_adapter_scale(self, scale: float) -> EventStream[AdapterState]: ...
+
+    def set_adapter_mode(self, mode: str) -> EventStream[AdapterState]: ...
+
+    def adapter_state(self) -> EventStream[AdapterState]: ...
+
+    def with_adapter_swaps(self, fn: Callable[[Any, AdapterSwap, Emit, threading.Event], T]
+                           ) -> EventStream[T]: ...
 
     def list_adapters(self, dirs: Iterable[str | Path] = (),
                       extra_paths: Iterable[str | Path] = ()

@@ -25,6 +25,7 @@ from common.errors import WorkbenchError
 from . import memory as mem
 from .events import (
     AdapterChanged,
+    EngineState,
     MemoryReading,
     ModelChanged,
     ModelInfo,
@@ -33,6 +34,7 @@ from .events import (
     StateEvent,
     TurnDone,
 )
+from .protocol import AdapterSwap, StateHolder
 from .requests import RequestThread
 from .sampling import SamplingParams, TurnOptions
 from .speculative import DecodingSettings
@@ -59,7 +61,21 @@ def _close_all() -> None:
         engine.close()
 
 
-class Engine(RequestThread):
+def _restore(core: EngineCore, before: AdapterState, emit: Emit) -> None:
+    """Put back the adapter (and scale) of ``before``; if it cannot be had any more (its
+    folder changed on disk), the base model, with a notice."""
+    state = core.adapter_state()
+    if state.path == before.path and (before.path is None or state.scale == before.scale):
+        return
+    try:
+        core.use_adapter(before.path, before.scale)
+    except WorkbenchError as exc:
+        core.use_adapter(None)
+        emit(Notice(f"the adapter active before could not be restored ({exc}): the base "
+                    "model is active"))
+
+
+class Engine(RequestThread, StateHolder):
     """The handle other threads hold. Every method returns at once; results arrive as events."""
 
     _ids = itertools.count(1)
@@ -72,20 +88,19 @@ class Engine(RequestThread):
                  decoding: DecodingSettings | None = None,
                  draft_model: str | None = None) -> None:
         self._listeners: list[Listener] = []
-        self.info: ModelInfo | None = None  # the loaded model, readable from any thread
-        # The active adapter (info None = base model) once a model is loaded; any thread.
-        self.adapter: AdapterState | None = None
+        # What the engine holds, for any thread: replaced whole (under the lock) on a change.
+        # ``draft_wanted``: the draft model loaded after each model load (load_draft).
+        self._hold(EngineState(None, None, decoding or DecodingSettings(), adapter_mode,
+                               draft_model))
         self._core_args = (prefill_step_size, max_kv_size,
                            memory_probe or mem.available_memory, max_prepared_adapters,
                            adapter_mode, warm_up)
         # Made at the first request, on the engine thread, so that an app's first frame
         # does not share the interpreter with the core's imports.
         self._core: EngineCore | None = None
-        # KV quantization, prompt lookup, draft tokens (engine/speculative.py).
+        # KV quantization, prompt lookup, draft tokens (engine/speculative.py): the settings
+        # the core has taken (state.decoding: the last ones asked for).
         self._decoding = decoding
-        self.decoding = decoding or DecodingSettings()  # the last settings asked for (any thread)
-        # The draft model (folder or repo id) loaded after each model load (load_draft).
-        self.draft_wanted = draft_model
         super().__init__(f"mlx-engine-{next(self._ids)}")
         _live_engines.add(self)
 
@@ -102,11 +117,12 @@ class Engine(RequestThread):
         """Publish the core's model and adapter to other threads, and tell the listeners."""
         info = core.info
         if info != self.info:
-            self.info = info
+            self._set_state(info=info)
             self._broadcast(ModelChanged(info))
-        self.adapter = core.adapter_state() if core.loaded is not None else None
-        if self.adapter is not None:
-            self._broadcast(AdapterChanged(self.adapter, swapped))
+        adapter = core.adapter_state() if core.loaded is not None else None
+        self._set_state(adapter=adapter, adapter_mode=core.adapters.mode)
+        if adapter is not None:
+            self._broadcast(AdapterChanged(adapter, swapped))
 
     def _broadcast(self, event: StateEvent) -> None:
         for listener in list(self._listeners):
@@ -147,14 +163,15 @@ class Engine(RequestThread):
         def job(core: EngineCore, emit: Emit, cancel: threading.Event) -> ModelLoaded:
             try:
                 info = core.load(model, adapter, emit, cancel)
-                if self.draft_wanted and core.draft is None:
+                wanted = self._state.draft_wanted
+                if wanted and core.draft is None:
                     try:
-                        core.load_draft(self.draft_wanted, emit, cancel)
+                        core.load_draft(wanted, emit, cancel)
                     except WorkbenchError as exc:
                         emit(Notice(f"{info.name} is loaded without a draft model: {exc}"))
                     info = core.info or info
             finally:  # loaded, or failed (a failure before the old model went keeps it)
-                self.info = None  # a reload of the same model is a change too
+                self._set_state(info=None)  # a reload of the same model is a change too
                 self._announce(core, swapped=False)
             return ModelLoaded(info)
 
@@ -193,7 +210,7 @@ class Engine(RequestThread):
         def job(core: EngineCore, emit: Emit, cancel: threading.Event) -> ModelInfo | None:
             try:
                 info = core.load_draft(model, emit, cancel)
-                self.draft_wanted = model
+                self._set_state(draft_wanted=model)
                 return info
             finally:
                 self._announce(core, swapped=False)
@@ -203,13 +220,14 @@ class Engine(RequestThread):
     def set_decoding(self, settings: DecodingSettings) -> EventStream[DecodingSettings]:
         """Decode with ``settings`` (KV quantization, prompt lookup, draft tokens per step)
         from the next turn on; a KV change drops the caches written under the old one."""
-        self.decoding = settings
+        self._set_state(decoding=settings)
 
         def job(core: EngineCore, _emit: Emit, _cancel: threading.Event) -> DecodingSettings:
             try:
                 done = core.set_decoding(settings)
             except WorkbenchError:
-                self.decoding = core.decoding  # refused (engine/speculative.py): unchanged
+                # refused (engine/speculative.py): unchanged
+                self._set_state(decoding=core.decoding)
                 raise
             else:
                 self._decoding = settings
@@ -257,6 +275,36 @@ class Engine(RequestThread):
         each keep their own conversation cache. ``Error(kind="bad-setting")`` for another
         value."""
         return self._adapter_job(lambda core: core.set_adapter_mode(mode))
+
+    def with_adapter_swaps(self, fn: Callable[[EngineCore, AdapterSwap, Emit, threading.Event], T]
+                           ) -> EventStream[T]:
+        """Run ``fn(core, swap, emit, cancel)`` on the engine thread, where ``swap(path,
+        scale)`` activates an adapter as ``use_adapter`` does and announces it
+        (``AdapterChanged``): for work that tries several adapters in one request (an
+        evaluation). When ``fn`` ends, also by an error or a cancel, the adapter and scale
+        active before are active again, announced; one that cannot be had any more (its
+        folder changed on disk meanwhile) gives way to the base model, with a ``Notice``.
+        Ends in ``Result(fn's value)``."""
+
+        def job(core: EngineCore, emit: Emit, cancel: threading.Event) -> T:
+            before = core.adapter_state()
+            swapped = False
+
+            def swap(path: str | None, scale: float | None) -> AdapterState:
+                nonlocal swapped
+                state = core.use_adapter(path, scale)
+                swapped = True
+                self._announce(core)
+                return state
+
+            try:
+                return fn(core, swap, emit, cancel)
+            finally:
+                if swapped:
+                    _restore(core, before, emit)
+                    self._announce(core)
+
+        return self.submit(job)
 
     def list_adapters(self, dirs: Iterable[str | Path] = (),
                       extra_paths: Iterable[str | Path] = ()) -> EventStream[list[AdapterInfo]]:

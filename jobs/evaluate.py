@@ -7,15 +7,18 @@ its decode rate, and the validation loss of each candidate on a data folder's
 ``valid.jsonl``, computed by ``mlx_lm.tuner.trainer.evaluate`` over mlx-lm's own datasets
 (perplexity = exp(loss), as ``mlx_lm lora --test`` reports it).
 
-Candidates are swapped in with the core's own adapter swap; the adapter (and scale) that was
-active before the evaluation is active again afterwards, also after a cancel or an error.
-The replies use a prompt cache of their own, so the user's cached conversation is untouched.
+Candidates are swapped in through the engine's ``with_adapter_swaps`` request, so every swap
+is announced (``AdapterChanged``: ``Engine.adapter`` never goes stale) and the adapter (and
+scale) that was active before the evaluation is active again afterwards, announced too, also
+after a cancel or an error. The replies use a prompt cache of their own, so the user's cached
+conversation is untouched.
 
-This module is the running of an evaluation: ``run_eval`` is a job for ``Engine.submit``
-(``evaluate_on_engine`` wraps that); it emits an ``EvalReply`` and an ``EvalProgress`` per
-reply and an ``EvalProgress`` per validation pass. What it reads and gives back live beside
-it: the prompt file in ``eval_prompts.py``, the candidates, events and report (with its
-Markdown/JSON export) in ``eval_report.py``; their names are importable from here too.
+This module is the running of an evaluation: ``run_eval`` is a job for
+``Engine.with_adapter_swaps`` (``evaluate_on_engine`` wraps that); it emits an ``EvalReply``
+and an ``EvalProgress`` per reply and an ``EvalProgress`` per validation pass. What it reads
+and gives back live beside it: the prompt file in ``eval_prompts.py``, the candidates, events
+and report (with its Markdown/JSON export) in ``eval_report.py``; their names are importable
+from here too.
 Nothing here imports textual, rich or prompt_toolkit; mlx-lm is imported on the engine thread.
 (mlx-lm's ``tuner`` package, needed for the validation loss only, imports rich for its own
 console output: that happens only when validation data is given.) A prompt the context
@@ -58,7 +61,7 @@ from jobs.eval_report import (
 
 if TYPE_CHECKING:
     from engine.core import EngineCore
-    from engine.protocol import EngineAPI
+    from engine.protocol import AdapterSwap, EngineAPI
     from engine.stream import EventStream
 
 __all__ = [
@@ -207,17 +210,19 @@ def check_candidates(candidates: Sequence[EvalCandidate]) -> None:
         raise BadSetting(f"two candidates are labelled {dup!r}: give each its own label")
 
 
-def run_eval(core: EngineCore, candidates: Sequence[EvalCandidate], prompts: Sequence[Messages],
-             params: SamplingParams, emit: Emit, cancel: threading.Event, *,
+def run_eval(core: EngineCore, swap: AdapterSwap, candidates: Sequence[EvalCandidate],
+             prompts: Sequence[Messages], params: SamplingParams, emit: Emit,
+             cancel: threading.Event, *,
              valid_data: str | None = None, val_batches: int = 25,
              max_seq_length: int = 2048, batch_size: int = DEFAULT_BATCH_SIZE,
              seed: int = DEFAULT_SEED,
              template_args: dict[str, Any] | None = None,
              mask_prompt: bool | None = None) -> EvalReport:
     """Answer every prompt with every candidate, then (with ``valid_data``) compute each
-    candidate's validation loss. Runs on the engine thread. Raises ``EvalCancelled`` when
-    ``cancel`` is set, ``WorkbenchError`` for a bad adapter or data; the adapter active
-    before is active again in every case. ``template_args`` go to the chat template (e.g.
+    candidate's validation loss. Runs on the engine thread, in ``with_adapter_swaps``:
+    ``swap`` activates each candidate (announced), and the engine puts the adapter active
+    before back in every case. Raises ``EvalCancelled`` when ``cancel`` is set,
+    ``WorkbenchError`` for a bad adapter or data. ``template_args`` go to the chat template (e.g.
     ``{"enable_thinking": False}``); ``batch_size`` and ``seed`` are mlx_lm lora's.
     ``mask_prompt`` None: the validation loss masks the prompt when the adapters were trained
     that way (``trained_mask_prompt``); the report says which rule it used."""
@@ -243,9 +248,6 @@ def run_eval(core: EngineCore, candidates: Sequence[EvalCandidate], prompts: Seq
 
         turn_args["options"] = TurnOptions(template_args=dict(template_args))
     done = 0
-
-    before = core.adapter_state()
-    before_path, before_scale = before.path, before.scale
     # A cache of its own: the user's cached conversation stays as it is.
     caches = PromptCaches(1)
     caches.model = loaded.model
@@ -253,7 +255,7 @@ def run_eval(core: EngineCore, candidates: Sequence[EvalCandidate], prompts: Seq
     losses: dict[str, float | None] = {c.label: None for c in candidates}
     try:
         for cand in candidates:
-            _activate(core, cand)
+            _activate(swap, cand)
             caches.clear()
             key = core.cache_key
             for i, messages in enumerate(conversations):
@@ -297,7 +299,6 @@ def run_eval(core: EngineCore, candidates: Sequence[EvalCandidate], prompts: Seq
                 emit(EvalProgress(done, steps, cand.label, "loss"))
     finally:
         caches.clear()
-        _restore(core, before_path, before_scale, emit)
     prompt_texts = [m[-1]["content"] for m in conversations]
     return EvalReport(
         model=loaded.info.name,
@@ -315,25 +316,11 @@ def run_eval(core: EngineCore, candidates: Sequence[EvalCandidate], prompts: Seq
     )
 
 
-def _activate(core: EngineCore, cand: EvalCandidate) -> None:
+def _activate(swap: AdapterSwap, cand: EvalCandidate) -> None:
     try:
-        core.use_adapter(cand.adapter, cand.scale if cand.adapter is not None else None)
+        swap(cand.adapter, cand.scale if cand.adapter is not None else None)
     except WorkbenchError as exc:
         raise type(exc)(f"{cand.label}: {exc}", **exc.details) from None
-
-
-def _restore(core: EngineCore, path: str | None, scale: float | None, emit: Emit) -> None:
-    """Put back the adapter that was active before; if it cannot be had any more (its folder
-    changed on disk meanwhile), the base model, with a notice."""
-    state = core.adapter_state()
-    if state.path == path and (path is None or state.scale == scale):
-        return
-    try:
-        core.use_adapter(path, scale)
-    except WorkbenchError as exc:
-        core.use_adapter(None)
-        emit(Notice(f"the adapter active before the evaluation could not be restored ({exc}): "
-                    "the base model is active"))
 
 
 def evaluate_on_engine(engine: EngineAPI, candidates: Sequence[EvalCandidate],
@@ -342,17 +329,19 @@ def evaluate_on_engine(engine: EngineAPI, candidates: Sequence[EvalCandidate],
                        max_seq_length: int = 2048, batch_size: int = DEFAULT_BATCH_SIZE,
                        seed: int = DEFAULT_SEED, template_args: dict[str, Any] | None = None,
                        mask_prompt: bool | None = None) -> EventStream[EvalReport]:
-    """``run_eval`` as an engine request: events ``EvalReply``, ``EvalProgress`` and
-    ``Notice``, then ``Result(EvalReport)`` (or ``Error``: kind "cancelled", "adapter",
-    "data", "bad-setting", "no-model"). Cancel with ``stream.cancel()``."""
+    """``run_eval`` as an engine request (``with_adapter_swaps``): events ``EvalReply``,
+    ``EvalProgress`` and ``Notice``, then ``Result(EvalReport)`` (or ``Error``: kind
+    "cancelled", "adapter", "data", "bad-setting", "no-model"). Cancel with
+    ``stream.cancel()``."""
     cands = list(candidates)
     convs = [[dict(m) for m in p] for p in prompts]
     sampling = params or SamplingParams(temperature=0.0)
 
-    def job(core: EngineCore, emit: Emit, cancel: threading.Event) -> EvalReport:
-        return run_eval(core, cands, convs, sampling, emit, cancel, valid_data=valid_data,
+    def job(core: EngineCore, swap: AdapterSwap, emit: Emit, cancel: threading.Event
+            ) -> EvalReport:
+        return run_eval(core, swap, cands, convs, sampling, emit, cancel, valid_data=valid_data,
                         val_batches=val_batches, max_seq_length=max_seq_length,
                         batch_size=batch_size, seed=seed, template_args=template_args,
                         mask_prompt=mask_prompt)
 
-    return engine.submit(job)
+    return engine.with_adapter_swaps(job)

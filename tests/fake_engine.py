@@ -46,6 +46,7 @@ from engine import (
     AdapterChanged,
     AdapterInfo,
     AdapterState,
+    EngineState,
     EventStream,
     LoadProgress,
     Memory,
@@ -62,9 +63,12 @@ from engine import (
     TurnOptions,
     TurnStats,
 )
+from engine.adapter_fuse import check_mode
 from engine.adapter_swap import AdapterKey, check_scale
+from engine.protocol import AdapterSwap, StateHolder
 from engine.reasoning import ReasoningSplitter
 from engine.requests import RequestThread
+from engine.speculative import DecodingSettings
 from models.demo import is_demo_model
 from models.fit import model_context_length
 from models.resolve import display_name, resolve_model
@@ -145,7 +149,7 @@ def _common_prefix(a: list[str], b: list[str]) -> int:
                 min(len(a), len(b)))
 
 
-class FakeEngine(RequestThread):
+class FakeEngine(RequestThread, StateHolder):
     """``EngineAPI`` with scripted replies; see the module docstring. Every knob is a plain
     attribute a test may change between requests. Its thread, queue, cancel and errors are
     the real engine's own (``engine.requests.RequestThread``)."""
@@ -169,17 +173,15 @@ class FakeEngine(RequestThread):
         self.context_length = context_length  # the scripted models' context (tokens = words)
         self.memory_every = memory_every  # a Memory event every N tokens (0 = only at the end)
         self.model_facts = dict(model_facts or {})  # ModelInfo fields to override
-        self.draft_model: str | None = None  # load_draft's last model (None: no draft)
-        self.decoding: Any = None  # set_decoding's last settings
         self._vocab: dict[str, int] = {}  # word -> its fake token id (see token_id)
         # The system's side of every reading; weights and KV come from the model and cache.
         self.memory_reading = memory_reading
         # The adapter mode setting (auto | fused | unfused): the fake runs adapters fused only
         # when asked for "fused" (auto behaves as on a machine where the copy does not fit).
         self.adapter_mode = adapter_mode
+        # What the fake holds, as the real engine's: info, adapter, decoding, draft_wanted.
+        self._hold(EngineState(None, None, DecodingSettings(), adapter_mode))
         self.chats: list[ChatRequest] = []  # every chat request, in order
-        self.info: ModelInfo | None = None
-        self.adapter: AdapterState | None = None
         self.paused = threading.Event()  # set while a turn waits at pause_after's point
         self._pause_at: int | None = None
         self._release = threading.Event()
@@ -237,11 +239,12 @@ class FakeEngine(RequestThread):
 
     def _announce(self, *, swapped: bool = True) -> None:
         if self._model != self.info:
-            self.info = self._model
+            self._set_state(info=self._model)
             self._broadcast(ModelChanged(self._model))
-        self.adapter = self._state() if self._model is not None else None
-        if self.adapter is not None:
-            self._broadcast(AdapterChanged(self.adapter, swapped))
+        adapter = self._adapter_state() if self._model is not None else None
+        self._set_state(adapter=adapter, adapter_mode=self.adapter_mode)
+        if adapter is not None:
+            self._broadcast(AdapterChanged(adapter, swapped))
 
     # -- requests (as Engine) ------------------------------------------------------------
     def submit(self, fn: Callable[[Any, Emit, threading.Event], T]) -> EventStream[T]:
@@ -253,7 +256,7 @@ class FakeEngine(RequestThread):
             try:
                 return ModelLoaded(self._load(model, adapter, emit, cancel))
             finally:
-                self.info = None  # a reload of the same model is a change too
+                self._set_state(info=None)  # a reload of the same model is a change too
                 self._announce(swapped=False)
         return self._submit(job, wrap=False)
 
@@ -291,18 +294,16 @@ class FakeEngine(RequestThread):
     # -- faster decoding (engine/speculative.py): recorded, no numerics ------------------
     def load_draft(self, model: str | None) -> EventStream[ModelInfo | None]:
         def job(_emit: Emit, _cancel: threading.Event) -> ModelInfo | None:
-            self.draft_model = model
-            if self.info is not None:
-                self.info = replace(self.info, draft=Path(model).name if model else None)
+            self._set_state(draft_wanted=model)
+            if self._model is not None:
+                self._model = replace(self._model, draft=Path(model).name if model else None)
                 self._announce(swapped=False)
             return self.info
         return self._submit(job, wrap=True)
 
-    def set_decoding(self, settings: Any) -> EventStream[Any]:
-        def job(_emit: Emit, _cancel: threading.Event) -> Any:
-            self.decoding = settings
-            return settings
-        return self._submit(job, wrap=True)
+    def set_decoding(self, settings: DecodingSettings) -> EventStream[DecodingSettings]:
+        self._set_state(decoding=settings)  # as Engine: the last settings asked for
+        return self._submit(lambda _e, _c: settings, wrap=True)
 
     def _adapter_job(self, change: Callable[[], AdapterState]) -> EventStream[AdapterState]:
         def job(_emit: Emit, _cancel: threading.Event) -> AdapterState:
@@ -317,6 +318,38 @@ class FakeEngine(RequestThread):
 
     def set_adapter_scale(self, scale: float) -> EventStream[AdapterState]:
         return self._adapter_job(lambda: self._set_scale(scale))
+
+    def set_adapter_mode(self, mode: str) -> EventStream[AdapterState]:
+        """As ``Engine.set_adapter_mode`` (the fake runs fused only for "fused")."""
+        def change() -> AdapterState:
+            self._require()
+            old, self.adapter_mode = self._identity(), check_mode(mode)
+            self._switch(old)
+            return self._adapter_state(swap_ms=0.5)
+        return self._adapter_job(change)
+
+    def with_adapter_swaps(self, fn: Callable[[Any, AdapterSwap, Emit, threading.Event], T]
+                           ) -> EventStream[T]:
+        """As ``Engine.with_adapter_swaps``: ``fn`` gets a ``FakeCore``; each swap is
+        announced, and the adapter active before is put back (and announced) at the end."""
+        def job(emit: Emit, cancel: threading.Event) -> T:
+            before = (self._active.path if self._active else None, self._scale)
+            swapped = False
+
+            def swap(path: str | None, scale: float | None) -> AdapterState:
+                nonlocal swapped
+                state = self._activate(path, scale)
+                swapped = True
+                self._announce()
+                return state
+
+            try:
+                return fn(self._core, swap, emit, cancel)
+            finally:
+                if swapped:
+                    self._activate(*before)
+                    self._announce()
+        return self._submit(job, wrap=True)
 
     def list_adapters(self, dirs: Iterable[str | Path] = (),
                       extra_paths: Iterable[str | Path] = ()) -> EventStream[list[AdapterInfo]]:
@@ -342,7 +375,7 @@ class FakeEngine(RequestThread):
         return self._submit(lambda _e, _c: self._check(path), wrap=True)
 
     def adapter_state(self) -> EventStream[AdapterState]:
-        return self._submit(lambda _e, _c: self._state(), wrap=True)
+        return self._submit(lambda _e, _c: self._adapter_state(), wrap=True)
 
     def memory(self) -> EventStream[MemoryReading]:
         return self._submit(lambda _e, _c: self._reading(), wrap=True)
@@ -454,7 +487,7 @@ class FakeEngine(RequestThread):
     def _mode(self) -> str:
         return "fused" if self.adapter_mode == "fused" else "unfused"
 
-    def _state(self, swap_ms: float = 0.0, prepare_ms: float = 0.0) -> AdapterState:
+    def _adapter_state(self, swap_ms: float = 0.0, prepare_ms: float = 0.0) -> AdapterState:
         a, s = self._active, self._scale
         return AdapterState(
             info=a, scale=s, lora_scale=a.scale * s if a and s is not None else None,
@@ -486,7 +519,7 @@ class FakeEngine(RequestThread):
             self._active, self._scale = info, value
         self._switch(old)
         self._model = replace(model, adapter=self._active.path if self._active else None)
-        return self._state(swap_ms=0.5, prepare_ms=prepare_ms)
+        return self._adapter_state(swap_ms=0.5, prepare_ms=prepare_ms)
 
     def _set_scale(self, scale: float) -> AdapterState:
         self._require()
@@ -494,7 +527,7 @@ class FakeEngine(RequestThread):
             raise AdapterError("no adapter is active: choose one first, then set its scale")
         old, self._scale = self._identity(), check_scale(scale)
         self._switch(old)
-        return self._state(swap_ms=0.5)
+        return self._adapter_state(swap_ms=0.5)
 
     # -- a chat turn ---------------------------------------------------------------------
     def _next_reply(self, msgs: list[dict[str, str]]) -> str:

@@ -182,7 +182,7 @@ def test_cancel_and_errors_restore_the_adapter(llama_engine, demo_kit, tmp_path)
     candidates = [EvalCandidate("tone-d", str(demo_kit.adapter("tone-d"))),
                   EvalCandidate("base")]
 
-    def cancelled_after_first_reply(core, emit, _cancel):
+    def cancelled_after_first_reply(core, swap, emit, _cancel):
         stop = threading.Event()
 
         def emit_and_stop(event):
@@ -190,9 +190,9 @@ def test_cancel_and_errors_restore_the_adapter(llama_engine, demo_kit, tmp_path)
             if isinstance(event, EvalProgress):
                 stop.set()
 
-        return run_eval(core, candidates, PROMPTS, params, emit_and_stop, stop)
+        return run_eval(core, swap, candidates, PROMPTS, params, emit_and_stop, stop)
 
-    final = llama_engine.submit(cancelled_after_first_reply).wait(60)
+    final = llama_engine.with_adapter_swaps(cancelled_after_first_reply).wait(60)
     assert final.kind == "cancelled", final
     assert state_of(llama_engine) == (tone_a, 1.0)
 

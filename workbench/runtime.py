@@ -133,7 +133,7 @@ def load_blocking(engine: EngineAPI, choice: ModelChoice, quiet: bool = False) -
     notices: list[str] = []
     info: ModelInfo = follow_sync(engine.load(choice.spec, choice.adapter), {
         LoadProgress: progress, Notice: lambda e: notices.append(e.message)})
-    wanted = getattr(engine, "draft_wanted", None)
+    wanted = engine.state.draft_wanted
     refused = next((n for n in notices if "without a draft model" in n), None)
     for line in notices:
         if not quiet and line != refused:

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
 def decoding_commands(app: WorkbenchApp) -> list[tuple[str, str, Callable[[], Any]]]:
     """(title, help, run) for each decoding command that would change something now."""
     engine = app.engine
-    current = getattr(engine, "decoding", None)
-    settings = current if isinstance(current, DecodingSettings) else DecodingSettings()
+    state = engine.state
+    settings = state.decoding
 
     def use(new: DecodingSettings, said: str) -> Callable[[], Any]:
         def run() -> None:
@@ -45,8 +45,8 @@ def decoding_commands(app: WorkbenchApp) -> list[tuple[str, str, Callable[[], An
                       f"it holds {kv.start} tokens; the conversation is read again under it"
                       if bits else "Keep the KV cache at full precision",
                       use(replace(settings, kv=kv), f"KV cache {label}")))
-    info = getattr(engine, "info", None)
-    if info is not None and getattr(info, "draft", None):
+    info = state.info
+    if info is not None and info.draft:
         def no_draft() -> None:
             engine.load_draft(None)
             app.notify("No draft model from the next reply on")

@@ -125,8 +125,8 @@ class SessionController:
     def _use_session_kv(self, session: Session) -> None:
         """Decode with the KV quantization the session was saved with (its cache holds
         entries written so), unless ``--kv-bits`` was given; queued before the resume."""
-        decoding = getattr(self.engine, "decoding", None)
-        if not session.kv or decoding is None or getattr(self.args, "kv_bits", None) is not None:
+        decoding = self.engine.decoding
+        if not session.kv or getattr(self.args, "kv_bits", None) is not None:
             return
         from engine.speculative import KVSettings
 
@@ -156,11 +156,10 @@ class SessionController:
         info = self.models.info
         if info is not None:
             self.conversation.set_model(model_spec(info))
-        if self.engine.adapter is not None:
-            self.conversation.set_adapter(self.engine.adapter)  # a scale of 0 stays 0
-        decoding = getattr(self.engine, "decoding", None)
-        if decoding is not None:  # the KV quantization the cache is written with
-            self.conversation.session.kv = decoding.kv.to_dict()
+        state = self.engine.state
+        if state.adapter is not None:
+            self.conversation.set_adapter(state.adapter)  # a scale of 0 stays 0
+        self.conversation.session.kv = state.decoding.kv.to_dict()  # the cache's KV setting
 
     def _claim_name(self, base: str) -> str | None:
         """A free session name, locked for this app (another app may be starting one)."""
