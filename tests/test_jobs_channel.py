@@ -226,11 +226,17 @@ def _child(mode: str) -> int:
         print("RuntimeError: broken", file=sys.stderr, flush=True)
         return 3
     elif mode == "stubborn":
-        signal.signal(signal.SIGTERM, lambda signum, _frame: emit(Tick(-signum)))
+        got: list[int] = []  # the handler only notes it: writing there could re-enter emit
+        signal.signal(signal.SIGTERM, lambda signum, _frame: got.append(signum))
         emit(Tick(0))
         while True:
-            time.sleep(1)
+            if got:
+                emit(Tick(-got.pop()))
+            time.sleep(0.05)
     elif mode == "sleep":
+        time.sleep(120)
+    elif mode == "ready":
+        emit(Tick(0))
         time.sleep(120)
     return 0
 
