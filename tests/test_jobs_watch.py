@@ -21,7 +21,7 @@ def refused(message: str, kind: str) -> Failed:
 
 
 async def test_the_watcher_relays_every_event_and_ends_with_the_final_one() -> None:
-    posted: list[JobEvents] = []
+    posted: list[Any] = []
     await watch(posted.append, "test", EchoJob("ticks"), refused)
     assert [e for message in posted for e in message.events] == [Tick(1), Tick(2), Done(True)]
     assert [message.ended for message in posted][-1] is True
@@ -34,7 +34,7 @@ async def test_a_refused_start_is_one_ended_message() -> None:
         def start(self) -> None:
             raise WorkbenchError("no model given: pass --model")
 
-    posted: list[JobEvents] = []
+    posted: list[Any] = []
     await watch(posted.append, "test", Refused("ticks"), refused)
     assert posted == [JobEvents("test", (Failed("no model given: pass --model", "error"),),
                                 True)]
