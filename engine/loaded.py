@@ -36,10 +36,13 @@ def first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _kept_markers(tokenizer: Any) -> set[str]:
-    """Special tokens that carry meaning in the text (reasoning and tool-call markers)."""
-    names = ("think_start", "think_end", "tool_call_start", "tool_call_end")
-    return {m for m in (getattr(tokenizer, n, None) for n in names) if isinstance(m, str)}
+def _kept_marker_ids(tokenizer: Any) -> set[int]:
+    """Ids of the tokens the reasoning and tool-call markers are made of: they carry meaning
+    in the text (engine/text_state.py splits on them), even a marker of several tokens
+    (``<|channel>thought``) or one whose tokens are special."""
+    names = ("think_start_tokens", "think_end_tokens", "tool_call_start_tokens",
+             "tool_call_end_tokens")
+    return {int(i) for n in names for i in getattr(tokenizer, n, None) or ()}
 
 
 def special_token_ids(tokenizer: Any) -> frozenset[int]:
@@ -48,8 +51,7 @@ def special_token_ids(tokenizer: Any) -> frozenset[int]:
     ids = {int(i) for i in getattr(tokenizer, "all_special_ids", None) or ()}
     added = getattr(tokenizer, "added_tokens_decoder", None) or {}
     ids.update(int(i) for i, tok in added.items() if getattr(tok, "special", False))
-    kept = _kept_markers(tokenizer)
-    return frozenset(i for i in ids if tokenizer.convert_ids_to_tokens(i) not in kept)
+    return frozenset(ids - _kept_marker_ids(tokenizer))
 
 
 def hide_special_tokens(tokenizer: Any) -> None:

@@ -200,3 +200,28 @@ def test_segments_hold_markers_that_arrive_in_parts_and_start_where_the_prompt_l
     closed = tokenizer.encode("Hi<think>\n</think>\n\n", add_special_tokens=False)
     assert (initial_state(tokenizer, opened), initial_state(tokenizer, closed)) == (
         "reasoning", "normal")
+
+
+def _special(path: Path, tokens: set[str]) -> Path:
+    """Mark ``tokens`` special in the folder's tokenizer.json (as real checkpoints do)."""
+    import json
+
+    file = path / "tokenizer.json"
+    data = json.loads(file.read_text())
+    for added in data["added_tokens"]:
+        if added["content"] in tokens:
+            added["special"] = True
+    file.write_text(json.dumps(data))
+    return path
+
+
+def test_a_marker_made_of_special_tokens_stays_in_the_text_and_splits(
+        tmp_path_factory) -> None:
+    channel = ["<|channel>", "<channel|>"]  # mlx-lm: think_start "<|channel>thought"
+    path = _special(_marked_model(tmp_path_factory.mktemp("channel") / "channel", channel,
+                                  CHAT_TEMPLATE), set(channel))
+    ours, ref = _both(path, "<|channel>thought\nPondering.<channel|>Answer.")
+    assert ref["think_start"] == "<|channel>thought"
+    assert ours["done"].text == ref["text"]
+    assert _runs(ours["texts"]) == _runs(ref["labels"])
+    assert _runs(ours["texts"])[0] == ("reasoning", "Pondering.")
