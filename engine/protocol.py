@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .adapter_state import AdapterState
     from .adapters import AdapterInfo
     from .events import EngineState, MemoryReading, ModelInfo, StateEvent, TurnDone
+    from .prompt_cache import CacheSnapshot
     from .sampling import SamplingParams, TurnOptions
     from .speculative import DecodingSettings
     from .stream import EventStream
@@ -29,6 +30,36 @@ Emit = Callable[[Any], None]
 # Given to a ``with_adapter_swaps`` job: activate (path, scale) as ``use_adapter`` does, and
 # announce it (``AdapterChanged``) before returning the new state.
 AdapterSwap = Callable[[str | None, float | None], "AdapterState"]
+
+
+class CacheCore(Protocol):
+    """What work on a session's prompt cache may use of the engine's core, on the engine
+    thread (``EngineAPI.with_cache``): render the transcript, snapshot and restore the
+    active cache, prefill it, and the identities a saved cache must match. ``EngineCore``
+    has all of it (mypy checks ``Engine.with_cache``); nothing else of the core is reached."""
+
+    @property
+    def info(self) -> ModelInfo | None: ...
+
+    def render(self, messages: Iterable[Mapping[str, str]], add_generation_prompt: bool = True,
+               template_args: Mapping[str, Any] | None = None) -> list[int]: ...
+
+    def snapshot(self, valid: list[int] | None = None) -> CacheSnapshot | None: ...
+
+    def restore(self, cache: list[Any], tokens: list[int]) -> None: ...
+
+    def prefill(self, tokens: list[int], emit: Emit, cancel: threading.Event
+                ) -> tuple[int, bool]: ...
+
+    def reset_cache(self) -> None: ...
+
+    def cached_tokens(self) -> list[int]: ...
+
+    def adapter_identity(self) -> str: ...
+
+    def kv_identity(self) -> str: ...
+
+    def new_cache(self) -> list[Any]: ...
 
 
 class StateHolder:
@@ -115,6 +146,9 @@ class EngineAPI(Protocol):
 
     def with_adapter_swaps(self, fn: Callable[[Any, AdapterSwap, Emit, threading.Event], T]
                            ) -> EventStream[T]: ...
+
+    def with_cache(self, fn: Callable[[CacheCore, Emit, threading.Event], T]
+                   ) -> EventStream[T]: ...
 
     def list_adapters(self, dirs: Iterable[str | Path] = (),
                       extra_paths: Iterable[str | Path] = ()

@@ -34,7 +34,7 @@ from .events import (
     StateEvent,
     TurnDone,
 )
-from .protocol import AdapterSwap, StateHolder
+from .protocol import AdapterSwap, CacheCore, StateHolder
 from .requests import RequestThread
 from .sampling import SamplingParams, TurnOptions
 from .speculative import DecodingSettings
@@ -151,9 +151,17 @@ class Engine(RequestThread, StateHolder):
     def submit(self, fn: Callable[[EngineCore, Emit, threading.Event], T]) -> EventStream[T]:
         """Run ``fn(core, emit, cancel)`` on the engine thread. Ends in ``Result(value)``.
 
-        This is how other packages (sessions, models) do MLX work without a thread of their
-        own. ``fn`` raises ``WorkbenchError`` for a user-facing failure.
+        The whole core, for tests and benchmarks (and MLX work that needs no core, e.g. a
+        quantization); a session's cache work goes through ``with_cache``. ``fn`` raises
+        ``WorkbenchError`` for a user-facing failure.
         """
+        return self._submit_core(fn, wrap=True)
+
+    def with_cache(self, fn: Callable[[CacheCore, Emit, threading.Event], T]
+                   ) -> EventStream[T]:
+        """Run ``fn(cache_core, emit, cancel)`` on the engine thread, where ``cache_core`` is
+        the core seen through ``CacheCore``: what a session's save and resume need (render,
+        snapshot, restore, prefill, identities), nothing more. Ends in ``Result(value)``."""
         return self._submit_core(fn, wrap=True)
 
     def load(self, model: str, adapter: str | None = None) -> EventStream[ModelInfo]:

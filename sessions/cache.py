@@ -8,7 +8,7 @@ adapter identity, the token ids, a checksum of the tensor data and a schema vers
 
 Why this module: it is the saving side of the engine-thread jobs (``save_cache``,
 ``save_incremental``, ``autosave``, ``close_cache`` and the ``submit_*`` that hand them to
-``Engine.submit``). Resuming lives in ``sessions.cache_resume``, which builds on this module.
+``Engine.with_cache``). Resuming lives in ``sessions.cache_resume``, which builds on this module.
 
 An autosave does not rewrite that whole file after every turn: ``save_incremental``
 appends only the tokens the turn added, as a segment in ``NAME.cache/`` after the whole
@@ -18,8 +18,10 @@ session is closed (``autosave(..., whole=True)``, ``submit_close``), and when th
 cannot be cut into token ranges (sliding windows). A resume loads the base, then the
 segments its manifest names (``sessions.cache_resume`` says what it checks).
 
-The functions that touch MLX take the ``EngineCore`` and run on the engine thread: give
-them to ``Engine.submit`` (``submit_resume`` and ``submit_autosave`` do that for you).
+The functions that touch MLX take the core as ``engine.protocol.CacheCore`` (only what a
+save or a resume needs of it: render, snapshot, restore, prefill, identities) and run on the
+engine thread: give them to ``Engine.with_cache`` (``submit_resume`` and ``submit_autosave``
+do that for you).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ from .store import SavedTranscript, SessionStore
 from .transcript import Session
 
 if TYPE_CHECKING:  # the engine's core and streams are only named here, never imported
-    from engine import EngineAPI, EngineCore, EventStream
+    from engine import EngineAPI, EventStream
+    from engine.protocol import CacheCore
 
 
 Emit = Callable[[Any], None]
@@ -92,17 +95,17 @@ class SaveReport:
 
 
 # -- engine-thread helpers -----------------------------------------------------------------
-def require_model(core: EngineCore) -> None:
-    if core.loaded is None:
+def require_model(core: CacheCore) -> None:
+    if core.info is None:
         raise NoModel("no model is loaded: load the session's model first, then resume it")
 
 
-def render_history(core: EngineCore, messages: list[dict[str, str]]) -> list[int]:
+def render_history(core: CacheCore, messages: list[dict[str, str]]) -> list[int]:
     """Token ids of the conversation so far, as the next turn's prompt will begin."""
     return core.render(messages, add_generation_prompt=False)
 
 
-def model_ref(core: EngineCore) -> str:
+def model_ref(core: CacheCore) -> str:
     """The ``--model`` string ``mlx_lm generate --prompt-cache-file`` will be given."""
     assert core.info is not None
     name = core.info.name
@@ -112,7 +115,7 @@ def model_ref(core: EngineCore) -> str:
 
 
 # -- the engine-thread jobs ----------------------------------------------------------------
-def save_cache(core: EngineCore, store: SessionStore, session: Session) -> CacheSaved:
+def save_cache(core: CacheCore, store: SessionStore, session: Session) -> CacheSaved:
     """Write the active prompt cache whole, as ``NAME.safetensors`` (engine thread), and
     make it the base of the segment chain (the old segments go).
 
@@ -128,13 +131,13 @@ def save_cache(core: EngineCore, store: SessionStore, session: Session) -> Cache
     return _save_whole(core, store, session, snap.cache, list(snap.tokens), start)
 
 
-def _nothing_cached(core: EngineCore) -> CacheSaved:
+def _nothing_cached(core: CacheCore) -> CacheSaved:
     skipped = ("nothing is cached yet" if not core.cached_tokens()
                else "the engine's cache holds another conversation")
     return CacheSaved(None, 0, 0, 0.0, skipped=skipped, kind="none")
 
 
-def _save_whole(core: EngineCore, store: SessionStore, session: Session, cache: list[Any],
+def _save_whole(core: CacheCore, store: SessionStore, session: Session, cache: list[Any],
                 tokens: list[int], start: float) -> CacheSaved:
     assert core.info is not None
     path = store.cache_path(session.name)
@@ -158,7 +161,7 @@ def _save_whole(core: EngineCore, store: SessionStore, session: Session, cache: 
                       new_tokens=len(tokens))
 
 
-def _whole_is_current(core: EngineCore, path: Path, folder: SegmentFolder,
+def _whole_is_current(core: CacheCore, path: Path, folder: SegmentFolder,
                       tokens: list[int]) -> bool:
     """The whole file holds exactly ``tokens`` and no segment extends it (so a close after
     a resume with nothing new writes nothing)."""
@@ -177,7 +180,7 @@ def _whole_is_current(core: EngineCore, path: Path, folder: SegmentFolder,
                                     "workbench_digest"))
 
 
-def save_incremental(core: EngineCore, store: SessionStore, session: Session,
+def save_incremental(core: CacheCore, store: SessionStore, session: Session,
                      valid_upto: int | None = None) -> CacheSaved:
     """Save the active prompt cache, writing only the tokens not saved yet (engine thread).
 
@@ -254,7 +257,7 @@ def save_incremental(core: EngineCore, store: SessionStore, session: Session,
                       kind=kind, new_tokens=len(tokens) - at)
 
 
-def autosave(core: EngineCore, store: SessionStore, session: Session,
+def autosave(core: CacheCore, store: SessionStore, session: Session,
              whole: bool = False) -> SaveReport:
     """Save the transcript, then the prompt cache (engine thread): only what is new
     (``save_incremental``), or with ``whole`` the standard single file (``save_cache``: an
@@ -285,14 +288,14 @@ def autosave(core: EngineCore, store: SessionStore, session: Session,
 
 def submit_autosave(engine: EngineAPI, store: SessionStore, session: Session,
                     whole: bool = False) -> EventStream[SaveReport]:
-    """``engine.submit`` an autosave of a snapshot of ``session`` (with ``whole``: the
+    """``engine.with_cache`` an autosave of a snapshot of ``session`` (with ``whole``: the
     standard single cache file, as an explicit save). Ends in ``Result(SaveReport)`` (or
     ``Error`` if the transcript could not be written)."""
     snapshot = copy.deepcopy(session)
-    return engine.submit(lambda core, _emit, _cancel: autosave(core, store, snapshot, whole))
+    return engine.with_cache(lambda core, _emit, _cancel: autosave(core, store, snapshot, whole))
 
 
-def close_cache(core: EngineCore, store: SessionStore, session: Session) -> CacheSaved:
+def close_cache(core: CacheCore, store: SessionStore, session: Session) -> CacheSaved:
     """When a session is closed (or the app quits): write its prompt cache whole, as the
     standard ``NAME.safetensors`` that ``mlx_lm generate --prompt-cache-file`` reads
     (nothing is written when that file holds it already). Never raises for a cache that
@@ -308,9 +311,9 @@ def close_cache(core: EngineCore, store: SessionStore, session: Session) -> Cach
 
 def submit_close(engine: EngineAPI, store: SessionStore, session: Session
                  ) -> EventStream[CacheSaved]:
-    """``engine.submit`` ``close_cache`` for a snapshot of ``session`` (queued after the
+    """``engine.with_cache`` ``close_cache`` for a snapshot of ``session`` (queued after the
     autosaves in flight, so it sees the same cache). Ends in ``Result(CacheSaved)``."""
     snapshot = copy.deepcopy(session)
-    return engine.submit(lambda core, _emit, _cancel: close_cache(core, store, snapshot))
+    return engine.with_cache(lambda core, _emit, _cancel: close_cache(core, store, snapshot))
 
 

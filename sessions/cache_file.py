@@ -28,7 +28,7 @@ from common.safetensors_header import SafetensorsHeaderError, read_safetensors_h
 from models.fingerprint import model_fingerprint
 
 if TYPE_CHECKING:
-    from engine import EngineCore
+    from engine.protocol import CacheCore
 
 CACHE_SCHEMA = 1
 KEY_SCHEMA = "workbench_schema"
@@ -121,7 +121,7 @@ def tensor_digest(cache: Iterable[Any]) -> str:
     return f"{DIGEST_KIND}:{digest.hexdigest()}"
 
 
-def write_cache(core: EngineCore, path: Path, cache: list[Any], tokens: list[int],
+def write_cache(core: CacheCore, path: Path, cache: list[Any], tokens: list[int],
                 model_ref: str) -> str:
     """Write ``cache`` (holding ``tokens``) to ``path`` atomically, with its checks; returns
     the checksum written (``sessions.cache_segments`` names the file by it)."""
@@ -143,7 +143,7 @@ def write_cache(core: EngineCore, path: Path, cache: list[Any], tokens: list[int
     return metadata[KEY_DIGEST]
 
 
-def check_header(core: EngineCore, path: Path) -> CacheHeader:
+def check_header(core: CacheCore, path: Path) -> CacheHeader:
     """The header of ``path`` if it says the file was made by this model under this adapter
     with this model's layer kinds (no tensor is read); else ``CacheUnusable``."""
     assert core.info is not None
@@ -186,14 +186,14 @@ def same_kinds(saved: list[str], model: list[str]) -> bool:
                                                                             strict=True))
 
 
-def load_checked(core: EngineCore, path: Path) -> tuple[list[Any], list[int]]:
+def load_checked(core: CacheCore, path: Path) -> tuple[list[Any], list[int]]:
     """Load ``path`` if it was made by this model under this adapter and its tensor data is
     intact; else ``CacheUnusable`` with the reason."""
     cache, tokens, _digest = load_checked_digest(core, path)
     return cache, tokens
 
 
-def load_checked_digest(core: EngineCore, path: Path) -> tuple[list[Any], list[int], str]:
+def load_checked_digest(core: CacheCore, path: Path) -> tuple[list[Any], list[int], str]:
     """``load_checked``, and the checksum the file carries (what a segment manifest names
     its base by)."""
     from mlx_lm.models.cache import load_prompt_cache

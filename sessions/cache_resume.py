@@ -8,7 +8,7 @@ the first that fails its checks: the tokens after it are read again from the tra
 with a one-line notice. The cache is given back with ``EngineCore.restore``. Any mismatch
 (missing, truncated, corrupt, another model, adapter or schema) sets the file aside as
 ``NAME.safetensors.stale`` with a one-line notice, and the transcript is prefilled again, so
-the conversation is never lost. ``submit_resume`` hands a resume to ``Engine.submit``.
+the conversation is never lost. ``submit_resume`` hands a resume to ``Engine.with_cache``.
 
 The saves a resume makes afterwards are ``sessions.cache``'s (``save_cache``,
 ``save_incremental``); ``sessions.cache`` re-exports the names defined here.
@@ -43,7 +43,8 @@ from .store import SessionStore
 from .transcript import Session
 
 if TYPE_CHECKING:  # the engine's core and streams are only named here, never imported
-    from engine import EngineAPI, EngineCore, EventStream
+    from engine import EngineAPI, EventStream
+    from engine.protocol import CacheCore
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ class ResumeReport:
     seconds: float = 0.0
 
 
-def resume(core: EngineCore, store: SessionStore, session: Session, emit: Emit | None = None,
+def resume(core: CacheCore, store: SessionStore, session: Session, emit: Emit | None = None,
            cancel: threading.Event | None = None) -> ResumeReport:
     """Make the engine ready to continue ``session`` (engine thread; the model and adapter
     the session should run with must be loaded already).
@@ -132,7 +133,7 @@ def resume(core: EngineCore, store: SessionStore, session: Session, emit: Emit |
                         seconds=time.perf_counter() - start)
 
 
-def _extend_with_segments(core: EngineCore, store: SessionStore, name: str, cache: list[Any],
+def _extend_with_segments(core: CacheCore, store: SessionStore, name: str, cache: list[Any],
                           tokens: list[int], digest: str
                           ) -> tuple[list[Any], list[int], str | None]:
     """The whole file's cache followed by the segments its manifest names (those that pass
@@ -162,7 +163,7 @@ def _extend_with_segments(core: EngineCore, store: SessionStore, name: str, cach
     return chain.cache, chain.tokens, chain.problem or problem
 
 
-def _rebuild(core: EngineCore, store: SessionStore, session: Session, history: list[int],
+def _rebuild(core: CacheCore, store: SessionStore, session: Session, history: list[int],
              reason: str, emit: Emit, cancel: threading.Event, start: float) -> ResumeReport:
     path = store.cache_path(session.name)
     aside: Path | None = None
@@ -186,7 +187,8 @@ def _rebuild(core: EngineCore, store: SessionStore, session: Session, history: l
 # -- for the UI: submit the jobs to the engine ---------------------------------------------
 def submit_resume(engine: EngineAPI, store: SessionStore, session: Session
                   ) -> EventStream[ResumeReport]:
-    """``engine.submit`` a resume of ``session``. Ends in ``Result(ResumeReport)``."""
+    """``engine.with_cache`` a resume of ``session``. Ends in ``Result(ResumeReport)``."""
     snapshot = copy.deepcopy(session)
-    return engine.submit(lambda core, emit, cancel: resume(core, store, snapshot, emit, cancel))
+    return engine.with_cache(lambda core, emit, cancel: resume(core, store, snapshot, emit,
+                                                               cancel))
 

@@ -273,3 +273,44 @@ def test_an_evaluation_announces_each_candidate_and_the_restore(demo_kit) -> Non
             (None, None), (tone_a, 0.5), (tone_b, 1.0)]
         assert (path_of(engine.adapter), engine.adapter.scale) == (tone_b, 1.0)
         assert engine.info is not None and engine.info.adapter == tone_b
+
+
+# -- what sessions may use of the core -------------------------------------------------------
+
+class _WithoutSubmit:
+    """An engine's face with ``submit`` (the whole core) taken away: what sessions get."""
+
+    def __init__(self, engine: Any) -> None:
+        self._engine = engine
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "submit":
+            raise AssertionError("sessions reached for the whole core (submit)")
+        return getattr(self._engine, name)
+
+
+def test_a_session_saves_resumes_and_closes_through_the_cache_face_alone(demo_kit, tmp_path
+                                                                         ) -> None:
+    """Sessions' engine-thread work is typed requests on ``CacheCore`` (``with_cache``): a
+    save, a resume and a close work with ``submit`` out of reach, and the resume gives back
+    the cache the save wrote."""
+    from engine import Engine
+    from sessions import SessionStore, submit_autosave, submit_close, submit_resume
+
+    params = SamplingParams(max_tokens=6)
+    with Engine() as real, SessionStore(tmp_path / "sessions") as store:
+        engine = _WithoutSubmit(real)
+        real.load(str(demo_kit.llama)).result_sync(TIMEOUT)
+        session = store.new("chat", model=str(demo_kit.llama), sampling=params)
+        session.add_user("Tell me about the sea")
+        done = real.chat(session.chat_messages(), params).result_sync(TIMEOUT)
+        session.add_reply(done.text, done.stats.to_dict())
+        saved = submit_autosave(engine, store, session).result_sync(TIMEOUT)
+        assert saved.cache.path is not None and saved.cache.tokens > 0
+
+        real.reset().result_sync(TIMEOUT)
+        report = submit_resume(engine, store, session).result_sync(TIMEOUT)
+        assert report.reused and report.cached_tokens == saved.cache.tokens
+        assert report.prefilled_tokens == 0
+        closed = submit_close(engine, store, session).result_sync(TIMEOUT)
+        assert closed.tokens == saved.cache.tokens
