@@ -242,16 +242,16 @@ class ChildJob(Generic[F]):
     def _failed(self, message: str, kind: str) -> F:
         raise NotImplementedError
 
-    def crash_line(self, ended: Ended, kept: str) -> tuple[str, str]:
-        """The line and kind of a child that ended without saying how (``kept``: what was
-        left as it was, for the line)."""
+    def crash_line(self, ended: Ended, kept: str, memory_advice: str) -> tuple[str, str]:
+        """The line and kind of a child that ended without saying how. ``kept``: what was
+        left as it was; ``memory_advice``: what to do when memory may be why."""
         if ended.protocol_error is not None:
             return (f"{self.what} sent what this workbench cannot read "
                     f"({ended.protocol_error}): {kept}", "crashed")
         if out_of_memory(tail=ended.tail):
-            return f"{self.what} ran out of memory: {kept}", "memory"
+            return f"{self.what} ran out of memory: {memory_advice} ({kept})", "memory"
         if ended.code < 0:
-            hint = (" (the system may have run out of memory)"
+            hint = (f" (the system may have run out of memory: {memory_advice})"
                     if -ended.code == signal.SIGKILL else "")
             return (f"{self.what} was killed by {_signal_name(-ended.code)}{hint}: {kept}",
                     "crashed")

@@ -131,10 +131,8 @@ class FuseJob(ChildJob[FuseFinished | FuseFailed]):
         if isinstance(child, FuseFailed) and ended.protocol_error is None:
             return child
         if not isinstance(child, FuseFinished) or ended.code != 0 or ended.protocol_error:
-            line, kind = self.crash_line(ended, KEPT)
-            if kind == "memory" or "killed by SIGKILL" in line:
-                line += "; close other programs or fuse on a machine with more memory"
-            return FuseFailed(line, kind)
+            return FuseFailed(*self.crash_line(
+                ended, KEPT, "close other programs or fuse on a machine with more memory"))
         return self._move_into_place()
 
     def _failed(self, message: str, kind: str) -> FuseFailed:

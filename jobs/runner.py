@@ -184,7 +184,7 @@ class TrainJob(ChildJob[TrainFinished | TrainFailed]):
     def _conclude(self, child_final: TrainFinished | TrainFailed | None, ended: Ended
                   ) -> TrainFinished | TrainFailed:
         """The run's last event, once the adapter folder is as it must stay."""
-        if isinstance(child_final, TrainFinished) and ended.protocol_error is None:
+        if isinstance(child_final, TrainFinished):  # the new folder is in place already
             return child_final
         self._abandon()
         if ended.cancelled:
@@ -192,11 +192,9 @@ class TrainJob(ChildJob[TrainFinished | TrainFailed]):
                                "cancelled")
         if child_final is not None:
             return child_final
-        line, kind = self.crash_line(ended, "the adapter folder was left as it was")
-        if kind == "memory":
-            line = ("training ran out of memory: lower --batch-size or --max-seq-length, or "
-                    "add --grad-checkpoint (the adapter folder was left as it was)")
-        return TrainFailed(line, kind)
+        return TrainFailed(*self.crash_line(
+            ended, "the adapter folder was left as it was",
+            "lower --batch-size or --max-seq-length, or add --grad-checkpoint"))
 
     def _failed(self, message: str, kind: str) -> TrainFailed:
         self._abandon()

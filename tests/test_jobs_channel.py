@@ -109,7 +109,7 @@ class EchoJob(ChildJob[Any]):
             return Failed("cancelled", "cancelled")
         if child_final is not None and ended.protocol_error is None:
             return child_final
-        return Failed(*self.crash_line(ended, "nothing was kept"))
+        return Failed(*self.crash_line(ended, "nothing was kept", "close other programs"))
 
     def _failed(self, message: str, kind: str) -> Any:
         return Failed(message, kind)
@@ -139,15 +139,15 @@ def test_an_event_the_parent_cannot_read_ends_the_job_in_one_line() -> None:
 
 def test_a_child_out_of_memory_is_said_to_be() -> None:
     events, _job = run("oom")
-    assert events[-1] == Failed("the test process ran out of memory: nothing was kept",
-                                "memory")
+    assert events[-1] == Failed("the test process ran out of memory: close other programs "
+                                "(nothing was kept)", "memory")
 
 
 def test_a_child_killed_by_sigkill_is_a_crash_that_names_memory_as_a_cause() -> None:
     events, _job = run("sigkill")
     final = events[-1]
     assert final.kind == "crashed" and "killed by SIGKILL" in final.message
-    assert "may have run out of memory" in final.message
+    assert "may have run out of memory: close other programs" in final.message
 
 
 def test_a_child_that_fails_on_its_own_says_its_last_line() -> None:
