@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import TextArea
 
 from engine import MemoryReading, TurnStats
 from tests.fake_engine import FakeEngine, fake_adapter
@@ -101,6 +102,9 @@ async def settings_open(pilot: Pilot) -> None:
     await loaded(pilot)
     await freeze(pilot)
     await pilot.press("f2")
+    await pilot.pause()
+    # The system prompt's cursor blinks: a snapshot taken mid-blink lacked it (a flake).
+    pilot.app.screen.query_one("#system-prompt", TextArea).cursor_blink = False
     await pilot.pause()
 
 
