@@ -157,6 +157,12 @@ class Engine(RequestThread, StateHolder):
         """
         return self._submit_core(fn, wrap=True)
 
+    def run_mlx(self, fn: Callable[[Emit, threading.Event], T]) -> EventStream[T]:
+        """Run ``fn(emit, cancel)`` on the engine thread, with none of the engine's state:
+        MLX work of its own (building the demo kit, a quantization) belongs on the one
+        thread that owns MLX. Ends in ``Result(value)``."""
+        return self._submit(fn, wrap=True)
+
     def with_cache(self, fn: Callable[[CacheCore, Emit, threading.Event], T]
                    ) -> EventStream[T]:
         """Run ``fn(cache_core, emit, cancel)`` on the engine thread, where ``cache_core`` is

@@ -251,6 +251,10 @@ class FakeEngine(RequestThread, StateHolder):
         """Run ``fn(core, emit, cancel)`` on the fake's thread with a ``FakeCore``."""
         return self._submit(lambda emit, cancel: fn(self._core, emit, cancel), wrap=True)
 
+    def run_mlx(self, fn: Callable[[Emit, threading.Event], T]) -> EventStream[T]:
+        """As ``Engine.run_mlx``: ``fn(emit, cancel)`` on the fake's thread."""
+        return self._submit(fn, wrap=True)
+
     def with_cache(self, fn: Callable[[Any, Emit, threading.Event], T]) -> EventStream[T]:
         """As ``Engine.with_cache``: ``fn`` gets the ``FakeCore`` (no model: it refuses)."""
         return self.submit(fn)

@@ -97,7 +97,7 @@ def test_both_engines_have_every_member_of_the_protocol(make: Make) -> None:
     assert isinstance(engine, EngineAPI)
     members = [n for n in vars(EngineAPI) if not n.startswith("_")]
     assert {"state", "info", "adapter", "decoding", "set_adapter_mode", "adapter_state",
-            "with_adapter_swaps"} <= set(members)
+            "with_adapter_swaps", "with_cache", "run_mlx"} <= set(members)
     for name in members:
         proto = inspect.getattr_static(EngineAPI, name)
         have = inspect.getattr_static(type(engine), name, None)
@@ -127,6 +127,24 @@ def test_the_state_is_one_frozen_snapshot_that_follows_each_change(make: Make) -
     assert path_of(now.adapter) == subject.tone_a and now.adapter_mode == "fused"
     assert now.adapter == engine.adapter and now.info.adapter == subject.tone_a
     assert state.adapter.info is None  # the old snapshot did not change under its reader
+
+
+def test_mlx_work_of_its_own_runs_on_the_engine_thread_without_the_core(make: Make) -> None:
+    engine = make(load=False).engine
+
+    def where(*args: Any) -> str:
+        assert len(args) == 2  # (emit, cancel): no core
+        return threading.current_thread().name
+
+    def refuses(_emit: Any, _cancel: Any) -> None:
+        raise BadSetting("--size 3 is too small: use 64 or more")
+
+    thread = engine.run_mlx(where).result_sync(TIMEOUT)
+    assert thread != threading.current_thread().name
+    assert thread == engine.submit(lambda _core, _e, _c: threading.current_thread().name
+                                   ).result_sync(TIMEOUT)
+    final = engine.run_mlx(refuses).wait(TIMEOUT)
+    assert isinstance(final, Error) and final.kind == "bad-setting" and "--size" in final.message
 
 
 # -- replies ---------------------------------------------------------------------------------

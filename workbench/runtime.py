@@ -72,7 +72,7 @@ def on_engine(engine: EngineAPI, fn: Callable[[], Any]) -> Any:
     Building the demo kit writes random weights and quantizes them: MLX work, which belongs on
     the one thread that owns MLX, even in a script that has no other thread.
     """
-    return engine.submit(lambda _core, _emit, _cancel: fn()).result_sync()
+    return engine.run_mlx(lambda _emit, _cancel: fn()).result_sync()
 
 
 def choose_model_on(engine: EngineAPI, args: argparse.Namespace, config: Config,

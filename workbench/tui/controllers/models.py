@@ -103,12 +103,12 @@ class ModelController:
         args, config = self.args, self.config
         self.app.update_status(load="finding the model…", load_progress=(0, 0))
 
-        def choose(_core: Any, emit: Any, _cancel: Any) -> runtime.ModelChoice:
+        def choose(emit: Any, _cancel: Any) -> runtime.ModelChoice:
             return runtime.choose_model(args, config,
                                         lambda msg: emit(LoadProgress("build", msg)))
 
         try:
-            choice = await self._follow(self.engine.submit(choose))
+            choice = await self._follow(self.engine.run_mlx(choose))
             info = await self._follow(self.engine.load(choice.spec, choice.adapter))
         except EngineError as exc:
             self._failed(str(exc))
