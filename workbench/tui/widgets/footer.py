@@ -15,15 +15,16 @@ from textual.widgets import Footer
 from textual.widgets._footer import FooterKey
 
 # The actions whose keys go first when the footer is too narrow, least used first.
-DROP_ORDER = ("copy_last", "edit_last", "new_chat", "regenerate", "help", "sessions",
-              "models", "settings", "toggle_sidebar", "cancel_reply")
+# At 80 columns Settings (F2, also in Ctrl+P) gives way to Sessions: the seven keys the
+# footer would like take 81 columns.
+DROP_ORDER = ("copy_last", "edit_last", "new_chat", "regenerate", "help", "settings",
+              "sessions", "models", "toggle_sidebar", "cancel_reply")
 
 
 def key_width(key: FooterKey) -> int:
-    """The columns a key takes with this footer's paddings (below): `` ^q Quit ``; the
-    command palette's, at the right edge, ``▏^p Commands``."""
-    padding = 2 if "-command-palette" in key.classes else 3
-    return len(key.key_display) + len(key.description) + padding
+    """The columns a key takes with this footer's paddings (below): `` ^q Quit ``, and the
+    command palette's at the right edge, ``▏^p Commands`` (the bar takes the first one)."""
+    return len(key.key_display) + len(key.description) + 3
 
 
 class WorkbenchFooter(Footer):
