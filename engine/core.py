@@ -423,7 +423,7 @@ class EngineCore:
             if reprefill:
                 stats = replace(stats, cached_before=len(pending[1]), cache_miss=line)
         active = self.adapters.active
-        return TurnDone(done.text, replace(
+        return replace(done, stats=replace(  # the text and the tool calls as run_turn gave
             stats,
             adapter=active.info.name if active else None,
             scale=self.adapters.scale if active else None,

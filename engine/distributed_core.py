@@ -312,7 +312,7 @@ class DistributedCore(EngineCore):
         import mlx.core as mx
 
         peaks = self.world.gather({"peak": int(mx.get_peak_memory())})
-        return TurnDone(done.text, replace(
+        return replace(done, stats=replace(
             done.stats,
             comm_ms_per_token=round(1000 * synced.seconds / max(1, synced.calls), 3),
             rank_peak_memory=tuple(int(p["peak"]) for p in peaks),

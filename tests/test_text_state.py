@@ -225,3 +225,16 @@ def test_a_marker_made_of_special_tokens_stays_in_the_text_and_splits(
     assert ours["done"].text == ref["text"]
     assert _runs(ours["texts"]) == _runs(ref["labels"])
     assert _runs(ours["texts"])[0] == ("reasoning", "Pondering.")
+
+
+def test_the_engine_hands_the_tool_calls_to_its_clients(tool_model) -> None:
+    """The engine's TurnDone (what the app, line mode and the coming server read) keeps the
+    calls run_turn parsed: the core rebuilt TurnDone from its text and dropped them."""
+    from engine import Engine, SamplingParams, TurnOptions
+
+    with Engine() as engine:
+        engine.load(str(tool_model)).result_sync(120)
+        forced = on_reference_thread(lambda: _ours(tool_model, THINK_AND_CALL))["forced"]
+        done = engine.chat(MESSAGES, SamplingParams(temperature=0.0, max_tokens=MAX),
+                           options=TurnOptions(reply_prefix=tuple(forced))).result_sync(120)
+    assert done.tool_calls and done.tool_calls[0].name == "get_time"
