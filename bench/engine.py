@@ -151,12 +151,12 @@ def _table(results: dict[str, Any]) -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from workbench.runtime import demo_model_path, on_engine
+    from workbench.runtime import bench_model_path, on_engine
 
     say = (lambda _m: None) if args.json else (lambda m: print(m, file=sys.stderr))
     results: dict[str, Any] = {}
     with Engine() as engine:
-        model = args.model or str(on_engine(engine, lambda: demo_model_path(say)))
+        model = args.model or str(on_engine(engine, lambda: bench_model_path(say)))
         results["model"] = model
         loaded = engine.load(model).wait()
         if not isinstance(loaded, ModelLoaded):

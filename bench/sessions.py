@@ -68,12 +68,12 @@ def run_session_bench(model: str | None = None, history_tokens: int = 2000) -> d
     ``session_sizes`` (those three after every turn), ``session_resume_load_ms`` (the
     resume job alone) and ``session_history_tokens``.
     """
-    from workbench.runtime import demo_model_path, on_engine
+    from workbench.runtime import bench_model_path, on_engine
 
     params = SamplingParams(max_tokens=REPLY_TOKENS)
     with tempfile.TemporaryDirectory(prefix="workbench-bench-sessions-") as folder, \
             Engine() as engine, SessionStore(folder) as store:
-        spec = model or str(on_engine(engine, demo_model_path))
+        spec = model or str(on_engine(engine, bench_model_path))
         loaded = _final(engine.load(spec), f"loading {spec}")
         assert isinstance(loaded, ModelLoaded)
         session = store.new("bench", model=spec, sampling=params)

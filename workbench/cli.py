@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Alternating runs of raw mlx-lm stream_generate and the "
                                    "engine on the same model and prompt. "
                                    "Example: workbench bench --json")
-    b.add_argument("--model", "-m", help="model folder or repo id (default: the demo model)")
+    b.add_argument("--model", "-m", help="model folder or repo id (default: the demo kit's "
+                   "llama, random weights)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--prompt-tokens", type=int, default=512, help="prompt length (512)")
     b.add_argument("--gen-tokens", type=int, default=256, help="tokens to generate (256)")

@@ -50,6 +50,15 @@ def demo_model_path(progress: Callable[[str], None] | None = None) -> Path:
     return ensure_demo(paths.demo_dir(), progress).default_model
 
 
+def bench_model_path(progress: Callable[[str], None] | None = None) -> Path:
+    """The model the benchmarks use when none is given: the demo kit's llama (random
+    weights; its chat template renders the whole conversation, so multi-turn reuse is
+    measured: the chat demo's reads only the latest message)."""
+    from models.demo import ensure_demo
+
+    return ensure_demo(paths.demo_dir(), progress).llama
+
+
 def choose_model(args: argparse.Namespace, config: Config,
                  progress: Callable[[str], None] | None = None) -> ModelChoice:
     adapters = getattr(args, "adapter", None) or []
