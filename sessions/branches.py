@@ -213,6 +213,8 @@ def rebuild(nodes: Sequence[tuple[SessionMessage, int, int, bool]],
         if parent and parent not in by_id:
             raise ValueError(f"message {node_id} has parent {parent}, which is not in the file")
 
+    noted: set[int] = set()  # parents whose unmarked children were noted already
+
     def split(parent: int) -> tuple[int | None, list[int]]:
         """The child of ``parent`` that continues its branch, and the heads of the others."""
         kids = children.get(parent, [])
@@ -220,7 +222,8 @@ def rebuild(nodes: Sequence[tuple[SessionMessage, int, int, bool]],
             return None, []
         unmarked = [k for k in kids if not by_id[k][2]]
         shown = unmarked[0] if unmarked else kids[0]
-        if len(unmarked) > 1:
+        if len(unmarked) > 1 and parent not in noted:
+            noted.add(parent)
             notes.append(f"messages {', '.join(str(k) for k in unmarked[1:])} continue "
                          f"message {parent} beside message {shown} without alt = true: "
                          "they are kept as other branches")
