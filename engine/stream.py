@@ -84,6 +84,13 @@ class EventStream(Generic[T]):
             self._items.clear()
             return batch, self._finished
 
+    def take(self, timeout: float | None) -> tuple[list[Any], bool]:
+        """``drain``, after waiting up to ``timeout`` for something to arrive (a reader on a
+        thread of its own that must also look up now and then)."""
+        with self._cond:
+            self._cond.wait_for(lambda: bool(self._items) or self._finished, timeout)
+        return self.drain()
+
     def __iter__(self) -> Iterator[Any]:
         """Blocking iteration, for scripts: yields every event, the final one last."""
         while True:

@@ -120,12 +120,6 @@ class JobStream(EventStream[F]):
         if self._on_cancel is not None:
             self._on_cancel()
 
-    def take(self, timeout: float | None) -> tuple[list[Any], bool]:
-        """``drain``, after waiting up to ``timeout`` for something to arrive."""
-        with self._cond:
-            self._cond.wait_for(lambda: bool(self._items) or self._finished, timeout)
-        return self.drain()
-
 
 def unwrapped(batch: list[Any]) -> list[Any]:
     """A batch of a ``JobStream`` with the final ``Result`` replaced by the job's final event."""
